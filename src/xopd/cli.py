@@ -1,0 +1,98 @@
+"""``xopd`` command line: one subcommand per stage.
+
+User mistakes (``XopdError``) print one line and exit non-zero; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from xopd.errors import XopdError
+
+TRAIN_EPILOG = """examples:
+  xopd train --config configs/tiny.yaml --output_dir runs/tiny
+  xopd train --config configs/tiny.yaml --output_dir runs/tiny --resume
+  xopd train --config my.yaml --lam 1.0 --n_samples 8 --lr 2e-6
+"""
+
+
+def _quiet_hf() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from xopd.config import load_config, parse_overrides
+    from xopd.training.config import TrainConfig
+    from xopd.training.trainer import train
+
+    overrides = parse_overrides(rest)
+    cfg = load_config(TrainConfig, args.config, overrides)
+    out = train(cfg)
+    print(f"[xopd] done: {out}")
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    from xopd.config import add_help_for
+    from xopd.training.config import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="xopd",
+        description="Cross-modal on-policy distillation (X-OPD) for speech LLMs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `xopd COMMAND --help` for a command's options and examples",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    handlers: dict[str, Callable] = {}
+
+    p = sub.add_parser("train", help="train a student (X-OPD or a baseline) from a YAML config",
+                       description="Train a speech-LLM student against a text teacher. Every key below can "
+                       "be set in the YAML file or overridden as --key value.",
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file with TrainConfig keys")
+    add_help_for(p, TrainConfig)
+    handlers["train"] = cmd_train
+
+    from xopd import commands
+
+    commands.register(sub, handlers)
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_hf()
+    argv = sys.argv[1:] if argv is None else argv
+    parser, handlers = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if rest and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return int(handlers[args.command](args, rest) or 0)
+    except XopdError as e:
+        print(f"xopd {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except FloatingPointError as e:
+        print(f"xopd {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"xopd {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

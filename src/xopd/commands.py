@@ -1,0 +1,18 @@
+"""Subcommands other than ``train`` register themselves here (keeps cli.py small)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
+    """Add subcommand parsers and their handlers. Each module owns its own parser."""
+    for module_name in ("xopd.data.cli", "xopd.world.cli", "xopd.eval.cli", "xopd.bench.cli"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as e:
+            if e.name and module_name.startswith(e.name):
+                continue
+            raise
+        module.register(sub, handlers)

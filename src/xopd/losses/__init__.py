@@ -1,0 +1,43 @@
+"""Loss functions for X-OPD: pure tensor functions, see :mod:`xopd.losses.functional`."""
+
+from xopd.losses.functional import (
+    ADV_ESTIMATORS,
+    AGG_MODES,
+    KL_PENALTY_KINDS,
+    LOGPROB_FLOOR,
+    advantage,
+    aggregate,
+    entropy_from_logits,
+    forward_kl,
+    forward_kl_topk,
+    gather_logprobs,
+    generalized_jsd,
+    k1_advantage,
+    k3_advantage,
+    kl_penalty,
+    masked_mean,
+    policy_gradient_loss,
+    reverse_kl,
+    sft_cross_entropy,
+)
+
+__all__ = [
+    "ADV_ESTIMATORS",
+    "AGG_MODES",
+    "KL_PENALTY_KINDS",
+    "LOGPROB_FLOOR",
+    "advantage",
+    "aggregate",
+    "entropy_from_logits",
+    "forward_kl",
+    "forward_kl_topk",
+    "gather_logprobs",
+    "generalized_jsd",
+    "k1_advantage",
+    "k3_advantage",
+    "kl_penalty",
+    "masked_mean",
+    "policy_gradient_loss",
+    "reverse_kl",
+    "sft_cross_entropy",
+]

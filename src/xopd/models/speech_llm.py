@@ -1,0 +1,260 @@
+"""SpeechLLM: Whisper-style audio encoder + frame-stacking projector + any HF causal LM.
+
+The speech view S of a prompt is the LLM's own chat template applied to a user turn whose content
+is one audio placeholder token (followed by "\\n" + an instruction, if any). The placeholder's single
+embedding is replaced by the N projected audio frames of that clip, N from the clip's true length,
+so the LLM sees ``[chat prefix | audio frames | instruction | assistant prompt]``. The text view T
+is exactly what a :class:`~xopd.models.text_lm.TextLM` of the same backbone would see: that is what
+makes the in-modal (T) and cross-modal (S) rollouts comparable.
+
+Directory layout (``save_pretrained`` / ``from_pretrained``)::
+
+    xopd_config.json        model_type "xopd_speech_llm", encoder/projector/feature settings, placeholder
+    encoder/                WhisperEncoder.save_pretrained (config.json + model.safetensors)
+    lm/                     the causal LM's save_pretrained (+ its tokenizer: usable as a text model)
+    projector.safetensors   projector weights
+    tokenizer files         the student's tokenizer (with the placeholder token)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from xopd.errors import ModelError
+from xopd.models.base import PolicyModel, Prompt, PromptBatch, left_pad, render_chat_ids
+from xopd.models.encoder import AudioEncoder
+from xopd.models.projector import FrameStackProjector
+
+XOPD_CONFIG = "xopd_config.json"
+MODEL_TYPE = "xopd_speech_llm"
+DEFAULT_AUDIO_TOKEN = "<|audio|>"
+DEFAULT_FEATURES = {"sampling_rate": 16000, "n_fft": 400, "hop_length": 160}
+
+
+def ensure_audio_token(tokenizer, audio_token: str) -> int:
+    """Add ``audio_token`` as a special token if the tokenizer lacks it; return its id."""
+    if audio_token not in tokenizer.get_vocab():
+        from tokenizers import AddedToken
+
+        tokenizer.add_tokens([AddedToken(audio_token, special=True, normalized=False)], special_tokens=True)
+    ids = tokenizer(audio_token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ModelError(f"audio placeholder {audio_token!r} does not tokenize to one token ({ids})")
+    return int(ids[0])
+
+
+class SpeechLLM(PolicyModel):
+    """Audio encoder + projector + causal LM behind the :class:`PolicyModel` interface."""
+
+    def __init__(
+        self,
+        encoder: AudioEncoder,
+        projector: FrameStackProjector,
+        lm: nn.Module,
+        tokenizer,
+        audio_token: str = DEFAULT_AUDIO_TOKEN,
+        feature_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        from xopd.data.features import LogMelExtractor
+
+        self.encoder = encoder
+        self.projector = projector
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.audio_token = audio_token
+        self.audio_token_id = ensure_audio_token(tokenizer, audio_token)
+        rows = lm.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            lm.resize_token_embeddings(len(tokenizer))
+        if projector.d_enc != encoder.d_model or projector.d_lm != lm.get_input_embeddings().weight.shape[1]:
+            raise ModelError(
+                f"projector maps {projector.d_enc}->{projector.d_lm} but the encoder has d_model="
+                f"{encoder.d_model} and the LM hidden size is {lm.get_input_embeddings().weight.shape[1]}"
+            )
+        self.feature_config = {**DEFAULT_FEATURES, **(feature_config or {}), "n_mels": encoder.num_mel_bins}
+        self.features = LogMelExtractor(**self.feature_config)
+
+    # -- PolicyModel --------------------------------------------------------------------------------
+    def causal_lm(self) -> nn.Module:
+        return self.lm
+
+    def encode_audio(self, wavs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch of 16 kHz waveforms -> ``(embeds [B, N_max, D_lm], n_frames [B])`` in the LM's dtype.
+
+        One batched pass through features -> encoder -> projector; item i's frames are
+        ``embeds[i, :n_frames[i]]`` and do not depend on the other items.
+        """
+        feats, lengths = self.features(list(wavs))
+        enc = self.encoder.whisper
+        feats = feats.to(device=enc.conv1.weight.device, dtype=enc.conv1.weight.dtype)
+        hidden, h_len = self.encoder(feats, lengths.to(feats.device))
+        proj, n = self.projector(hidden.to(self.projector.fc1.weight.dtype), h_len)
+        return proj.to(self.lm.get_input_embeddings().weight.dtype), n
+
+    def speech_content(self, prompt: Prompt) -> str:
+        """The user-turn text of an S prompt: the placeholder, then the instruction if there is one."""
+        return self.audio_token if not prompt.text else f"{self.audio_token}\n{prompt.text}"
+
+    def embed_prompts(self, prompts: Sequence[Prompt]) -> PromptBatch:
+        """Chat-template every prompt; S prompts get their audio frames spliced at the placeholder."""
+        if not prompts:
+            raise ValueError("embed_prompts needs at least one prompt")
+        emb = self.lm.get_input_embeddings()
+        s_idx = [i for i, p in enumerate(prompts) if p.view == "S"]
+        audio, n_frames = (None, None)
+        if s_idx:
+            audio, n_frames = self.encode_audio([prompts[i].audio for i in s_idx])
+        slot = {i: j for j, i in enumerate(s_idx)}
+        rows = []
+        for i, p in enumerate(prompts):
+            if p.view == "T":
+                rows.append(emb(torch.tensor(self.chat_ids(p.text or "", p.system), device=self.device)))
+                continue
+            ids = torch.tensor(render_chat_ids(self.tokenizer, self.speech_content(p), p.system), device=self.device)
+            where = (ids == self.audio_token_id).nonzero().flatten()
+            if where.numel() != 1:
+                raise ModelError(
+                    f"the chat template of {getattr(self.tokenizer, 'name_or_path', '?')!r} rendered "
+                    f"{where.numel()} audio placeholder tokens {self.audio_token!r} (need exactly 1): the "
+                    "template must keep the user content verbatim and the instruction must not contain it"
+                )
+            k, j = int(where[0]), slot[i]
+            e = emb(ids)
+            rows.append(torch.cat([e[:k], audio[j, : int(n_frames[j])], e[k + 1 :]], dim=0))
+        return left_pad(rows)
+
+    # -- training helpers ---------------------------------------------------------------------------
+    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False) -> SpeechLLM:
+        """Set which parts train (paper default: only the LLM backbone). ``True`` = frozen."""
+        self.encoder.requires_grad_(not encoder)
+        self.projector.requires_grad_(not projector)
+        self.lm.requires_grad_(not lm)
+        return self
+
+    def audio_positions(self, n_samples: int) -> int:
+        """How many LLM positions a clip of ``n_samples`` occupies after encoder and projector."""
+        mel = self.features.num_frames(n_samples)
+        enc = (mel - 1) // 2 + 1 if mel > 0 else 0
+        return -(-enc // self.projector.stack)
+
+    # -- save / load --------------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {
+            "model_type": MODEL_TYPE,
+            "audio_token": self.audio_token,
+            "encoder": self.encoder.config.to_dict(),
+            "projector": self.projector.config_dict(),
+            "features": dict(self.feature_config),
+            "lm_architectures": list(getattr(self.lm.config, "architectures", None) or [type(self.lm).__name__]),
+        }
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(path / "encoder")
+        self.lm.save_pretrained(path / "lm")
+        self.tokenizer.save_pretrained(path / "lm")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.projector.state_dict().items()}
+        save_file(state, str(path / "projector.safetensors"), metadata={"format": "pt"})
+        self.tokenizer.save_pretrained(path)
+        (path / XOPD_CONFIG).write_text(json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype = torch.float32,
+        trust_remote_code: bool = False,
+        device: str | torch.device = "cpu",
+        frozen: bool = False,
+    ) -> SpeechLLM:
+        """Load a directory written by :meth:`save_pretrained` (exact round trip)."""
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        cfg_file = path / XOPD_CONFIG
+        if not cfg_file.is_file():
+            raise ModelError(f"{path}: no {XOPD_CONFIG}; not a SpeechLLM directory")
+        cfg = json.loads(cfg_file.read_text())
+        if cfg.get("model_type") != MODEL_TYPE:
+            raise ModelError(f"{cfg_file}: model_type {cfg.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        for part in ("encoder", "lm", "projector.safetensors"):
+            if not (path / part).exists():
+                raise ModelError(f"{path}: missing {part}; the SpeechLLM directory is incomplete")
+        encoder = AudioEncoder.from_pretrained(path / "encoder", dtype=dtype)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            lm = AutoModelForCausalLM.from_pretrained(path / "lm", dtype=dtype, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{path}: cannot load the LM or tokenizer: {str(e).splitlines()[0]}") from e
+        projector = FrameStackProjector.from_config(cfg["projector"])
+        projector.load_state_dict(load_file(str(path / "projector.safetensors")))
+        model = cls(encoder, projector.to(dtype), lm, tok, cfg.get("audio_token", DEFAULT_AUDIO_TOKEN),
+                    cfg.get("features"))
+        model.to(device)
+        if frozen:
+            model.requires_grad_(False)
+            model.eval()
+        return model
+
+    @classmethod
+    def compose(
+        cls,
+        encoder: str | os.PathLike | nn.Module,
+        lm: str | os.PathLike | nn.Module,
+        *,
+        tokenizer=None,
+        stack: int = 2,
+        projector_hidden: int | None = None,
+        audio_token: str = DEFAULT_AUDIO_TOKEN,
+        dtype: torch.dtype = torch.float32,
+        trust_remote_code: bool = False,
+        lm_kwargs: dict | None = None,
+        seed: int | None = None,
+    ) -> SpeechLLM:
+        """Build a new student from a Whisper encoder and a causal LM (the projector starts random).
+
+        ``encoder``: a Whisper directory (full model or encoder-only) or module. ``lm``: a causal-LM
+        directory (its tokenizer is used unless ``tokenizer`` is given; ``lm_kwargs`` go to both
+        ``from_pretrained`` calls, e.g. ``{"gguf_file": "model.gguf"}``) or a module plus ``tokenizer``.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if isinstance(encoder, nn.Module):
+            enc = AudioEncoder.from_module(encoder)
+        else:
+            enc = AudioEncoder.from_pretrained(encoder, dtype=dtype)
+        if isinstance(lm, nn.Module):
+            if tokenizer is None:
+                raise ModelError("SpeechLLM.compose: pass tokenizer= when lm is a module")
+            lm_model = lm
+        else:
+            lm_path = Path(lm)
+            if not lm_path.is_dir():
+                raise ModelError(f"{lm_path}: LM directory not found")
+            kw = dict(lm_kwargs or {})
+            try:
+                if tokenizer is None:
+                    tokenizer = AutoTokenizer.from_pretrained(lm_path, trust_remote_code=trust_remote_code, **kw)
+                lm_model = AutoModelForCausalLM.from_pretrained(
+                    lm_path, dtype=dtype, trust_remote_code=trust_remote_code, **kw
+                )
+            except (OSError, ValueError) as e:
+                raise ModelError(f"{lm_path}: cannot load as a causal LM: {str(e).splitlines()[0]}") from e
+        if seed is not None:
+            torch.manual_seed(seed)
+        d_lm = lm_model.get_input_embeddings().weight.shape[1]
+        projector = FrameStackProjector(enc.d_model, d_lm, stack=stack, hidden=projector_hidden)
+        return cls(enc.to(dtype), projector.to(dtype), lm_model, tokenizer, audio_token)

@@ -1,0 +1,156 @@
+"""Atomic checkpoints: a run never loses more than the steps since its last save.
+
+Layout of ``OUTPUT_DIR/checkpoint-STEP/``::
+
+    model/               the student, via its own save_pretrained (safetensors)
+    optimizer.pt         optimizer state (tensors and numbers only: loaded with weights_only=True)
+    scheduler.pt         LR scheduler state (same)
+    rng.pt               torch / numpy / python RNG states
+    trainer_state.json   step, data position, counters, config; written LAST = completeness marker
+
+Everything is written into a hidden temp folder beside it, each file fsync'ed, then the folder is
+renamed into place (atomic on POSIX) and the parent folder fsync'ed. Old checkpoints are pruned only
+after the new one is complete, so the newest complete checkpoint always exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file via temp + fsync + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    model,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    trainer_state: dict[str, Any],
+    keep_last: int = 3,
+) -> Path:
+    """Write ``checkpoint-{step}`` atomically, then prune to the newest ``keep_last``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".tmp-checkpoint-{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(str(tmp / "model"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2, default=str))
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
+        trash = output_dir / f".trash-checkpoint-{step}-{os.getpid()}"
+        os.rename(final, trash)
+        os.rename(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(output_dir)
+    prune_checkpoints(output_dir, keep_last)
+    return final
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with trainer_state.json), oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for p in output_dir.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    cks = list_checkpoints(output_dir)
+    return cks[-1][1] if cks else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints, and stale temp folders."""
+    output_dir = Path(output_dir)
+    cks = list_checkpoints(output_dir)
+    for _, path in cks[: max(0, len(cks) - keep_last)]:
+        shutil.rmtree(path, ignore_errors=True)
+    for p in output_dir.glob(".tmp-checkpoint-*"):
+        if not p.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load_training_state(ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG from ``ckpt``; return its trainer_state dict."""
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
+    return json.loads((ckpt / STATE_FILE).read_text())

@@ -1,0 +1,115 @@
+"""``TrainConfig``: every knob of ``xopd train``, with help text; YAML keys and ``--key value`` alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xopd.config import field
+from xopd.errors import ConfigError
+
+ALGOS = ("xopd", "sft", "offline_kd", "gkd", "grpo")
+LOSSES = ("pg", "reverse_kl", "jsd", "topk_forward_kl")
+AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
+
+
+@dataclass
+class TrainConfig:
+    # -- what to train on ---------------------------------------------------------------------
+    student_path: str | None = field(None, help="student directory (SpeechLLM, Qwen2-Audio or causal LM)")
+    teacher_path: str | None = field(None, help="text teacher: any Hugging Face causal-LM directory")
+    manifest: str | None = field(None, help="training JSONL manifest: id, audio (relative path), text")
+    eval_manifest: str | None = field(None, help="manifest for the periodic eval hook (default: manifest)")
+    output_dir: str = field("runs/train", help="checkpoints, metrics.jsonl and TensorBoard logs go here")
+    bootstrap: str | None = field(
+        None, choices=("tiny",), help="build missing assets first: 'tiny' makes a tiny student/teacher/manifest"
+    )
+    # -- algorithm ------------------------------------------------------------------------------
+    algo: str = field("xopd", choices=ALGOS, help="training algorithm")
+    lam: float = field(0.5, help="X-OPD lambda: weight of the in-modal (T) term; 1-lam on cross-modal (S)")
+    n_samples: int = field(4, help="responses sampled per prompt and view")
+    loss: str = field("pg", choices=LOSSES, help="pg: policy gradient on per-token advantage (paper); "
+                      "reverse_kl/jsd/topk_forward_kl: direct (supervised) losses on full logits")
+    estimator: str = field("k1", choices=("k1", "k3"), help="per-token advantage estimator for loss=pg")
+    agg: str = field("seq-mean-token-mean", choices=AGGS, help="how per-token losses are averaged")
+    clip_eps: float | None = field(None, help="PPO clip range for the importance ratio (None: no clip)")
+    clip_eps_high: float | None = field(None, help="upper clip range (default: clip_eps)")
+    jsd_beta: float = field(0.5, help="beta for loss=jsd (0: forward KL, 1: reverse KL)")
+    topk: int = field(20, help="k for loss=topk_forward_kl")
+    entropy_coef: float = field(0.0, help="entropy bonus weight (0 = off)")
+    # -- rollout --------------------------------------------------------------------------------
+    max_new_tokens: int = field(64, help="longest sampled response")
+    temperature: float = field(1.0, help="sampling temperature (student log-probs use the same)")
+    top_p: float = field(1.0, help="nucleus sampling (1.0 = off)")
+    top_k: int = field(0, help="top-k sampling (0 = off)")
+    # -- optimisation ---------------------------------------------------------------------------
+    lr: float = field(1e-5, help="peak learning rate (AdamW)")
+    weight_decay: float = field(0.0, help="AdamW weight decay")
+    adam_beta1: float = field(0.9, help="AdamW beta1")
+    adam_beta2: float = field(0.999, help="AdamW beta2")
+    warmup_steps: int = field(0, help="linear warm-up steps")
+    lr_scheduler: str = field("constant", choices=("constant", "cosine", "linear"), help="after warm-up")
+    max_grad_norm: float = field(1.0, help="gradient clipping (0 = off)")
+    max_nonfinite_steps: int = field(5, help="stop after this many updates in a row with NaN/inf loss or grads")
+    batch_size: int = field(8, help="prompts per optimizer step")
+    micro_batch_size: int = field(8, help="prompts per forward/backward (gradient accumulation)")
+    max_steps: int = field(100, help="optimizer steps")
+    seed: int = field(0, help="seed for data order, sampling and init")
+    # -- what trains ----------------------------------------------------------------------------
+    train_lm: bool = field(True, help="train the LLM backbone")
+    train_encoder: bool = field(False, help="train the audio encoder (paper: frozen)")
+    train_projector: bool = field(False, help="train the projector (paper: frozen)")
+    lora_r: int = field(0, help="LoRA rank on the backbone via peft (0 = full fine-tuning)")
+    lora_alpha: int = field(16, help="LoRA alpha")
+    lora_targets: str = field("q_proj,k_proj,v_proj,o_proj", help="comma-separated LoRA target modules")
+    # -- data -----------------------------------------------------------------------------------
+    strict: bool = field(False, help="fail on the first bad manifest row instead of skipping it")
+    max_audio_seconds: float = field(30.0, help="rows with longer audio are skipped (or fatal if strict)")
+    # -- bookkeeping ----------------------------------------------------------------------------
+    log_every: int = field(1, help="write metrics every N steps")
+    save_every: int = field(50, help="checkpoint every N steps (and at the end)")
+    keep_last: int = field(3, help="keep the newest N checkpoints")
+    eval_every: int = field(0, help="run the eval hook every N steps (0 = only at start and end)")
+    eval_prompts: int = field(16, help="prompts used by the eval hook")
+    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    device: str = field("auto", help="auto, cpu, cuda, cuda:N")
+    dtype: str = field("float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    threads: int = field(0, help="torch CPU threads (0 = torch default)")
+    logprob_chunk: int = field(0, help="rows per chunk for log-softmax over the vocab (0 = no chunking)")
+    gradient_checkpointing: bool = field(False, help="recompute activations in backward to save memory")
+    trust_remote_code: bool = field(False, help="allow model code from model directories (off: safer)")
+    progress: bool = field(True, help="show a progress bar")
+    report_to: str = field("jsonl,tensorboard", help="comma list of jsonl, tensorboard, wandb")
+
+    def validate(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"config: '{key}' {why}")
+
+        if not 0.0 <= self.lam <= 1.0:
+            raise bad("lam", f"must be in [0, 1], got {self.lam}")
+        for key in ("n_samples", "max_new_tokens", "batch_size", "micro_batch_size", "max_steps",
+                    "log_every", "save_every", "keep_last", "eval_prompts"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise bad("lr", f"must be > 0, got {self.lr}")
+        if self.temperature <= 0:
+            raise bad("temperature", f"must be > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.batch_size % self.micro_batch_size:
+            raise bad("batch_size", f"({self.batch_size}) must be a multiple of micro_batch_size "
+                      f"({self.micro_batch_size})")
+        if self.clip_eps is not None and self.clip_eps <= 0:
+            raise bad("clip_eps", f"must be > 0 or None, got {self.clip_eps}")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise bad("jsd_beta", f"must be in [0, 1], got {self.jsd_beta}")
+        if self.bootstrap is None:
+            for key in ("student_path", "teacher_path", "manifest"):
+                if not getattr(self, key):
+                    raise bad(key, "is required (or set bootstrap: tiny)")
+        if not (self.train_lm or self.train_encoder or self.train_projector):
+            raise bad("train_lm", "nothing would train: enable train_lm, train_encoder or train_projector")
+
+    @property
+    def grad_accum(self) -> int:
+        return self.batch_size // self.micro_batch_size

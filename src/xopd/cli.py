@@ -33,11 +33,11 @@ def _quiet_hf() -> None:
 
 
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
-    from xopd.config import load_config, parse_overrides
+    from xopd.config import load_config, overrides_from_namespace, parse_overrides
     from xopd.training.config import TrainConfig
     from xopd.training.trainer import train
 
-    overrides = parse_overrides(rest)
+    overrides = {**overrides_from_namespace(args, TrainConfig), **parse_overrides(rest)}
     cfg = load_config(TrainConfig, args.config, overrides)
     out = train(cfg)
     print(f"[xopd] done: {out}")

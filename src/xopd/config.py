@@ -163,12 +163,19 @@ def add_help_for(parser: argparse.ArgumentParser, cls: type) -> None:
         )
         choices = f.metadata.get("choices")
         tname = "{" + ",".join(map(str, choices)) + "}" if choices else base.__name__.upper()
+        extra = {"nargs": "?", "const": "true"} if base is bool else {}
         group.add_argument(
             f"--{f.name}",
             metavar=tname,
             help=f"{f.metadata.get('help', '')} (default: {default})",
             default=argparse.SUPPRESS,
+            **extra,
         )
+
+
+def overrides_from_namespace(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """Field values that argparse collected for ``cls`` (only those given on the command line)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
 
 
 def load_config(cls: type[C], config_path: str | None, overrides: dict[str, Any]) -> C:

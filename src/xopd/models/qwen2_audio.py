@@ -1,0 +1,201 @@
+"""Adapter: ``transformers.Qwen2AudioForConditionalGeneration`` as an xopd :class:`PolicyModel`.
+
+Qwen2-Audio's own contract is kept exactly: features come from its processor's Whisper feature
+extractor padded to 30 s (its encoder refuses anything else), the user turn carries
+``<|audio_bos|><|AUDIO|><|audio_eos|>`` and the single ``<|AUDIO|>`` is expanded to one token per
+pooled encoder frame (what the processor does), whose embeddings are replaced by the projected audio
+features (what the model's forward does with ``masked_scatter``). We compute the audio tower and
+projector ourselves so that prompts become plain input embeddings, like every other policy here.
+
+``causal_lm()`` is a ``<Text>ForCausalLM`` *view* built around the model's own ``language_model``
+and ``lm_head`` modules (shared, not copied): Qwen2-Audio's ``language_model`` is a base model
+without a head, and the full model's forward does not take ``logits_to_keep``. The view is not a
+registered submodule, so state dicts, ``.to()`` and saving all go through the real model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from xopd.errors import ModelError
+from xopd.models.base import PolicyModel, Prompt, PromptBatch, left_pad, render_chat_ids
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """transformers 5 nests the parts under ``model.model``; 4.x kept them on the top level."""
+    inner = getattr(model, "model", None)
+    return inner if inner is not None and hasattr(inner, "audio_tower") else model
+
+
+class Qwen2AudioStudent(PolicyModel):
+    """Qwen2-Audio (or a tiny random config of it) behind the same interface as :class:`SpeechLLM`."""
+
+    #: The user-turn prefix Qwen2-Audio's chat template renders for one audio item.
+    audio_prompt = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+
+    def __init__(self, model: nn.Module, processor) -> None:
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        if not getattr(self.tokenizer, "chat_template", None) and getattr(processor, "chat_template", None):
+            self.tokenizer.chat_template = processor.chat_template
+        self.audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
+        self.audio_token_id = int(model.config.audio_token_id)
+        tok_id = self.tokenizer.convert_tokens_to_ids(self.audio_token)
+        if tok_id != self.audio_token_id:
+            raise ModelError(
+                f"Qwen2-Audio: tokenizer maps {self.audio_token!r} to {tok_id} but config.audio_token_id is "
+                f"{self.audio_token_id}; fix audio_token_index in config.json"
+            )
+        self.__dict__["_lm_view"] = self._build_lm_view()
+
+    def _build_lm_view(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        text_cfg = self.model.config.text_config
+        try:
+            cls = AutoModelForCausalLM._model_mapping[type(text_cfg)]
+        except KeyError:
+            return self.model  # unknown text model: the full model also runs on inputs_embeds
+        with torch.device("meta"):
+            view = cls(text_cfg)
+        setattr(view, view.base_model_prefix, _base(self.model).language_model)
+        view.set_output_embeddings(self.model.get_output_embeddings())
+        view.generation_config = self.model.generation_config
+        return view
+
+    # -- PolicyModel --------------------------------------------------------------------------------
+    def causal_lm(self) -> nn.Module:
+        return self.__dict__["_lm_view"]
+
+    def _features(self, wavs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """30 s-padded log-mels ``[B, n_mels, 3000]`` and their frame mask ``[B, 3000]``."""
+        fe = self.processor.feature_extractor
+        limit = getattr(fe, "n_samples", None)
+        for i, w in enumerate(wavs):
+            if limit is not None and len(w) > limit:
+                raise ModelError(
+                    f"Qwen2-Audio takes at most {limit / fe.sampling_rate:.0f} s of audio; prompt {i} is "
+                    f"{len(w) / fe.sampling_rate:.1f} s: trim it or lower the data's max_seconds"
+                )
+        out = fe(
+            [np.asarray(w, dtype=np.float32) for w in wavs],
+            sampling_rate=fe.sampling_rate,
+            return_attention_mask=True,
+            padding="max_length",
+            return_tensors="pt",
+        )
+        return out["input_features"], out["attention_mask"]
+
+    def encode_audio(self, wavs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms -> ``(projected [B, N_max, D], n_tokens [B])``, exactly as the model's forward does."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        base = _base(self.model)
+        tower = base.audio_tower
+        feats, fmask = self._features(wavs)
+        expected = int(tower.config.max_source_positions) * 2
+        if feats.shape[-1] != expected:
+            raise ModelError(
+                f"Qwen2-Audio feature extractor gives {feats.shape[-1]} frames but the audio tower expects "
+                f"{expected}: the processor and the model config disagree"
+            )
+        dev = tower.conv1.weight.device
+        feats = feats.to(dev, tower.conv1.weight.dtype)
+        fmask = fmask.to(dev)
+        feat_lens, out_lens = tower._get_feat_extract_output_lengths(fmask.sum(-1))
+        max_len = (feats.shape[-1] - 2) // 2 + 1
+        mask2d = (torch.arange(max_len, device=dev)[None, :] < feat_lens[:, None]).long()
+        dummy = torch.zeros(feats.shape[0], max_len, 1, dtype=feats.dtype, device=dev)
+        attn = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask2d)
+        hidden = tower(feats, attention_mask=attn).last_hidden_state
+        proj = base.multi_modal_projector(hidden)
+        return proj.to(self.model.get_input_embeddings().weight.dtype), out_lens
+
+    def prompt_ids(self, prompt: Prompt, n_audio: int | None = None) -> list[int]:
+        """Chat-templated ids of one prompt; for S the ``<|AUDIO|>`` is expanded to ``n_audio`` copies."""
+        if prompt.view == "T":
+            return self.chat_ids(prompt.text or "", prompt.system)
+        content = self.audio_prompt + (prompt.text or "")
+        ids = render_chat_ids(self.tokenizer, content, prompt.system)
+        where = [k for k, i in enumerate(ids) if i == self.audio_token_id]
+        if len(where) != 1:
+            raise ModelError(
+                f"Qwen2-Audio chat template rendered {len(where)} {self.audio_token!r} tokens (need exactly 1): "
+                "the template must keep the user content verbatim and the instruction must not contain it"
+            )
+        k = where[0]
+        return ids[:k] + [self.audio_token_id] * int(n_audio if n_audio is not None else 1) + ids[k + 1 :]
+
+    def embed_prompts(self, prompts: Sequence[Prompt]) -> PromptBatch:
+        if not prompts:
+            raise ValueError("embed_prompts needs at least one prompt")
+        emb = self.model.get_input_embeddings()
+        s_idx = [i for i, p in enumerate(prompts) if p.view == "S"]
+        audio, n_tok = (None, None)
+        if s_idx:
+            audio, n_tok = self.encode_audio([prompts[i].audio for i in s_idx])
+        slot = {i: j for j, i in enumerate(s_idx)}
+        rows = []
+        for i, p in enumerate(prompts):
+            if p.view == "T":
+                rows.append(emb(torch.tensor(self.prompt_ids(p), device=self.device)))
+                continue
+            j = slot[i]
+            n = int(n_tok[j])
+            ids = self.prompt_ids(p, n)
+            k = ids.index(self.audio_token_id)
+            e = emb(torch.tensor(ids, device=self.device))
+            rows.append(torch.cat([e[:k], audio[j, :n], e[k + n :]], dim=0))
+        return left_pad(rows)
+
+    # -- training helpers ---------------------------------------------------------------------------
+    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False) -> Qwen2AudioStudent:
+        """Set which parts train (paper default: only the LLM backbone). ``True`` = frozen."""
+        base = _base(self.model)
+        base.audio_tower.requires_grad_(not encoder)
+        base.multi_modal_projector.requires_grad_(not projector)
+        base.language_model.requires_grad_(not lm)
+        self.model.get_output_embeddings().requires_grad_(not lm)
+        return self
+
+    # -- save / load --------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype = torch.float32,
+        trust_remote_code: bool = False,
+        device: str | torch.device = "cpu",
+        frozen: bool = False,
+    ) -> Qwen2AudioStudent:
+        """Load a Qwen2-Audio directory (config.json model_type ``qwen2_audio`` + processor files)."""
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
+        try:
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = Qwen2AudioForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{path}: cannot load as Qwen2-Audio: {str(e).splitlines()[0]}") from e
+        student = cls(model.to(device), processor)
+        if frozen:
+            student.requires_grad_(False)
+            student.eval()
+        return student

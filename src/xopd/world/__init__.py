@@ -1,0 +1,27 @@
+"""The mini world: seeded speech/text tasks with verifiable answers (see :mod:`xopd.world.tasks`)."""
+
+from xopd.world.scoring import extract_answer, normalize_answer, normalize_text, score_item, wer
+from xopd.world.tasks import (
+    SPLITS,
+    TASKS,
+    WorldItem,
+    all_template_words,
+    generate_items,
+    make_split,
+    vocabulary_corpus,
+)
+
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "WorldItem",
+    "all_template_words",
+    "extract_answer",
+    "generate_items",
+    "make_split",
+    "normalize_answer",
+    "normalize_text",
+    "score_item",
+    "vocabulary_corpus",
+    "wer",
+]

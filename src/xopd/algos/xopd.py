@@ -25,8 +25,8 @@ from xopd.losses import (
     aggregate,
     entropy_from_logits,
     forward_kl_topk,
-    generalized_jsd,
     gather_logprobs,
+    generalized_jsd,
     policy_gradient_loss,
     reverse_kl,
 )

@@ -14,7 +14,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
-def _silence_transformers() -> None:
+def _silence_transformers()
+
+# Tiny models are overhead-bound: one thread is as fast as two and keeps parallel test runs sane.
+import torch  # noqa: E402
+
+torch.set_num_threads(1) -> None:
     try:
         import transformers
 
@@ -25,6 +30,11 @@ def _silence_transformers() -> None:
 
 
 _silence_transformers()
+
+# Tiny models are overhead-bound: one thread is as fast as two and keeps parallel test runs sane.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
     """Add subcommand parsers and their handlers. Each module owns its own parser."""
-    for module_name in ("xopd.data.cli", "xopd.world.cli", "xopd.eval.cli", "xopd.bench.cli"):
+    # data check | synth | eval | models prepare | demo, reproduce | bench
+    for module_name in ("xopd.data.cli", "xopd.data.synth_cli", "xopd.eval.cli", "xopd.models.cli",
+                        "xopd.world.cli", "xopd.bench.cli"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as e:

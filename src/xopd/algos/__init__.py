@@ -8,9 +8,10 @@ from xopd.errors import ConfigError
 
 def get_algorithm(name: str) -> type[Algorithm]:
     """Algorithm class by config name."""
+    from xopd.algos.sft import SFT
     from xopd.algos.xopd import XOPD
 
-    registry: dict[str, type[Algorithm]] = {"xopd": XOPD}
+    registry: dict[str, type[Algorithm]] = {"xopd": XOPD, "sft": SFT}
     try:
         from xopd.algos import baselines  # noqa: F401  (registers sft/offline_kd/gkd/grpo when present)
 

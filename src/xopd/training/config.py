@@ -35,6 +35,7 @@ class TrainConfig:
     clip_eps_high: float | None = field(None, help="upper clip range (default: clip_eps)")
     jsd_beta: float = field(0.5, help="beta for loss=jsd (0: forward KL, 1: reverse KL)")
     topk: int = field(20, help="k for loss=topk_forward_kl")
+    sft_view: str = field("S", choices=("S", "T"), help="prompt view for sft/offline_kd (S: speech, as the paper)")
     entropy_coef: float = field(0.0, help="entropy bonus weight (0 = off)")
     # -- rollout --------------------------------------------------------------------------------
     max_new_tokens: int = field(64, help="longest sampled response")

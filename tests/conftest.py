@@ -14,12 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
-def _silence_transformers()
-
-# Tiny models are overhead-bound: one thread is as fast as two and keeps parallel test runs sane.
-import torch  # noqa: E402
-
-torch.set_num_threads(1) -> None:
+def _silence_transformers() -> None:
     try:
         import transformers
 

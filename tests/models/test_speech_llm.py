@@ -257,3 +257,24 @@ def test_tiny_world_is_complete_deterministic_and_idempotent(tiny_world):
     assert a.get_vocab() == b.get_vocab() and a.pad_token_id == 0 and a.eos_token_id == 1
     text = "what is 12 plus 3?\nrepeat after me red blue"
     assert a.decode(a(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_encoder_cache_matches_uncached(tiny_student_dir):
+    import numpy as np
+    import torch
+
+    from xopd.models.speech_llm import SpeechLLM
+
+    model = SpeechLLM.from_pretrained(tiny_student_dir).eval()
+    model.freeze(encoder=True, projector=False, lm=True)
+    rng = np.random.default_rng(0)
+    wavs = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (4000, 9000, 6000)]
+    with torch.no_grad():
+        ref, ref_n = model.encode_audio(wavs)
+        model.enable_encoder_cache()
+        first, n1 = model.encode_audio(wavs)
+        again, n2 = model.encode_audio(wavs[::-1])
+    assert len(model._encoder_cache) == 3
+    torch.testing.assert_close(first, ref, atol=1e-5, rtol=1e-5)
+    assert n1.tolist() == ref_n.tolist() == n2.tolist()[::-1]
+    torch.testing.assert_close(again[0, : int(n2[0])], ref[2, : int(ref_n[2])], atol=1e-5, rtol=1e-5)

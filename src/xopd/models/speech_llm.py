@@ -50,6 +50,21 @@ def ensure_audio_token(tokenizer, audio_token: str) -> int:
     return int(ids[0])
 
 
+_SHARED_ENCODER_CACHES: dict[str, dict] = {}
+
+
+def _shared_cache(encoder: nn.Module) -> dict:
+    """The process-wide cache for this exact set of encoder weights (fingerprinted by content)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().contiguous().numpy().tobytes()[:4096])
+        h.update(str(float(t.float().sum())).encode())
+    return _SHARED_ENCODER_CACHES.setdefault(h.hexdigest(), {})
+
+
 class SpeechLLM(PolicyModel):
     """Audio encoder + projector + causal LM behind the :class:`PolicyModel` interface."""
 
@@ -92,12 +107,57 @@ class SpeechLLM(PolicyModel):
         One batched pass through features -> encoder -> projector; item i's frames are
         ``embeds[i, :n_frames[i]]`` and do not depend on the other items.
         """
-        feats, lengths = self.features(list(wavs))
-        enc = self.encoder.whisper
-        feats = feats.to(device=enc.conv1.weight.device, dtype=enc.conv1.weight.dtype)
-        hidden, h_len = self.encoder(feats, lengths.to(feats.device))
+        wavs = list(wavs)
+        hidden, h_len = self._encode_cached(wavs) if self._encoder_cache is not None else self._encode(wavs)
         proj, n = self.projector(hidden.to(self.projector.fc1.weight.dtype), h_len)
         return proj.to(self.lm.get_input_embeddings().weight.dtype), n
+
+    def _encode(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, lengths = self.features(wavs)
+        enc = self.encoder.whisper
+        feats = feats.to(device=enc.conv1.weight.device, dtype=enc.conv1.weight.dtype)
+        return self.encoder(feats, lengths.to(feats.device))
+
+    # -- frozen-encoder cache -----------------------------------------------------------------------
+    _encoder_cache: dict | None = None
+
+    def enable_encoder_cache(self, max_items: int = 50_000, shared: bool = True) -> SpeechLLM:
+        """Memoise encoder outputs by waveform content while the encoder is frozen.
+
+        With a frozen audio tower (the paper's setting) every epoch re-encodes the same clips; the
+        encoder is the costliest part of a small student's prompt, so caching its outputs makes
+        repeated rollouts over a fixed dataset far cheaper. Outputs are cached *before* the
+        projector, so a trainable projector still gets gradients. Ignored while the encoder trains.
+        """
+        self._encoder_cache = {}
+        self._encoder_cache_max = max_items
+        return self
+
+    def _encode_cached(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        import hashlib
+
+        if any(p.requires_grad for p in self.encoder.parameters()):
+            return self._encode(wavs)
+        cache = self._encoder_cache
+        keys = [hashlib.sha1(np.ascontiguousarray(w, dtype=np.float32).tobytes()).hexdigest() for w in wavs]
+        missing = [i for i, k in enumerate(keys) if k not in cache]
+        # One clip at a time: a cached value must not depend on which batch first saw the clip,
+        # or a resumed run (different cache history) would differ in the last bits.
+        for i in missing:
+            if keys[i] in cache:  # duplicate clip within this batch
+                continue
+            with torch.no_grad():
+                hid, hl = self._encode([wavs[i]])
+            if len(cache) >= self._encoder_cache_max:
+                cache.pop(next(iter(cache)))
+            cache[keys[i]] = hid[0, : int(hl[0])].clone()
+        items = [cache[k] for k in keys]
+        width = max(t.shape[0] for t in items)
+        hidden = items[0].new_zeros(len(items), width, items[0].shape[-1])
+        for i, t in enumerate(items):
+            hidden[i, : t.shape[0]] = t
+        lengths = torch.tensor([t.shape[0] for t in items], device=hidden.device)
+        return hidden, lengths
 
     def speech_content(self, prompt: Prompt) -> str:
         """The user-turn text of an S prompt: the placeholder, then the instruction if there is one."""

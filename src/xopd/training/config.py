@@ -37,6 +37,21 @@ class TrainConfig:
     topk: int = field(20, help="k for loss=topk_forward_kl")
     sft_view: str = field("S", choices=("S", "T"), help="prompt view for sft/offline_kd (S: speech, as the paper)")
     entropy_coef: float = field(0.0, help="entropy bonus weight (0 = off)")
+    # -- baselines (DESIGN.md section 3) ---------------------------------------------------------
+    gkd_lambda: float = field(0.5, help="gkd: probability that a micro-batch trains on the student's own samples "
+                              "from S (on-policy); otherwise on the reference responses (TRL's lmbda)")
+    gkd_beta: float = field(0.0, help="gkd: generalised-JSD beta (0: forward KL(teacher || student), 1: reverse KL)")
+    gkd_seq_kd: bool = field(False, help="gkd: off-policy micro-batches use fresh teacher samples on T instead of "
+                             "the references (TRL's seq_kd)")
+    kd_cache: str | None = field(None, help="offline_kd: JSONL cache of teacher responses, shareable across runs "
+                                 "(default: <output_dir>/kd_cache.jsonl)")
+    kd_temperature: float = field(0.0, help="offline_kd: teacher temperature for its responses (0: greedy; "
+                                  ">0: sampled with top_p/top_k, seeded by seed and example id)")
+    grpo_reward: str = field("task", choices=("task", "exact"), help="grpo: task = score by the row's task "
+                             "(reasoning/instruct/audio_only exact, asr 1-WER; other tasks exact match); "
+                             "exact = normalised exact match for every row")
+    grpo_scale_std: bool = field(True, help="grpo: divide group-centred rewards by the group std "
+                                 "(False: centre only, as Dr. GRPO)")
     # -- rollout --------------------------------------------------------------------------------
     max_new_tokens: int = field(64, help="longest sampled response")
     temperature: float = field(1.0, help="sampling temperature (student log-probs use the same)")
@@ -76,6 +91,7 @@ class TrainConfig:
     dtype: str = field("float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
     threads: int = field(0, help="torch CPU threads (0 = torch default)")
     logprob_chunk: int = field(0, help="rows per chunk for log-softmax over the vocab (0 = no chunking)")
+    cache_encoder: bool = field(True, help="memoise frozen audio-encoder outputs per clip (saves recompute)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward to save memory")
     trust_remote_code: bool = field(False, help="allow model code from model directories (off: safer)")
     progress: bool = field(True, help="show a progress bar")
@@ -104,6 +120,13 @@ class TrainConfig:
             raise bad("clip_eps", f"must be > 0 or None, got {self.clip_eps}")
         if not 0.0 <= self.jsd_beta <= 1.0:
             raise bad("jsd_beta", f"must be in [0, 1], got {self.jsd_beta}")
+        for key in ("gkd_lambda", "gkd_beta"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise bad(key, f"must be in [0, 1], got {getattr(self, key)}")
+        if self.kd_temperature < 0:
+            raise bad("kd_temperature", f"must be >= 0 (0: greedy), got {self.kd_temperature}")
+        if self.algo == "grpo" and self.n_samples < 2:
+            raise bad("n_samples", f"must be >= 2 for algo grpo (group-normalised advantages), got {self.n_samples}")
         if self.bootstrap is None:
             for key in ("student_path", "teacher_path", "manifest"):
                 if not getattr(self, key):

@@ -161,6 +161,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
         teacher = load_teacher(cfg.teacher_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code).to(device)
         report = check_tokenizer_alignment(student.tokenizer, teacher.tokenizer, student.vocab_size, teacher.vocab_size)
         vocab_limit = report.shared_vocab_size
+    if cfg.cache_encoder and not cfg.train_encoder and hasattr(student, "enable_encoder_cache"):
+        student.enable_encoder_cache()
     student.eval()  # dropout off: the ratio pi/pi_old must be exactly 1 at the first update
     if cfg.gradient_checkpointing:
         student.causal_lm().gradient_checkpointing_enable()

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    if rest and args.command != "train":
+    if rest and args.command not in ("train", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(handlers[args.command](args, rest) or 0)
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"xopd {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xopd ... | head` closed our stdout: not a crash, exit like SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def _f0(wav: np.ndarray, sr: int = 16000) -> float:
     return float(np.median(vals))
 
 
-@pytest.mark.parametrize("backend", ["ctypes", "subprocess"])
+@pytest.mark.parametrize("backend", ["fork", "ctypes", "subprocess"])
 def test_synth_is_real_16k_audio(backend):
     eng = _engine(backend)
     wav = eng.synth("Tom has 5 apples. He buys 3 more.", Voice("en-us+m3", 175, 50))
@@ -91,8 +91,8 @@ def test_cache_reuses_files_and_keys_on_content(tmp_path):
     assert len({p1, noisy, noisy2, other}) == 4 and eng.calls == 4
     n1, n2 = sf.read(str(noisy))[0], sf.read(str(noisy2))[0]
     assert not np.array_equal(n1, n2)
-    # clean espeak audio has digital silence at the edges; noisy audio does not
-    assert np.all(wav[:50] == 0) and np.any(n1[:50] != 0)
+    # clean espeak audio starts in (near-)digital silence; noisy audio does not
+    assert np.abs(wav[:50]).max() < 1e-3 < np.abs(n1[:50]).max()
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -119,7 +119,7 @@ def test_threads_share_the_engine_safely():
     assert all(np.array_equal(got[i], want[i]) for i in range(4))
 
 
-@pytest.mark.parametrize("backend", ["ctypes", "subprocess"])
+@pytest.mark.parametrize("backend", ["fork", "ctypes", "subprocess"])
 def test_hostile_text_is_only_spoken(backend, tmp_path, monkeypatch):
     eng = _engine(backend)
     monkeypatch.chdir(tmp_path)

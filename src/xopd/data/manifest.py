@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 CORE_FIELDS = ("id", "audio", "text", "task", "answer", "reference")
+#: Shortest usable clip at 16 kHz: one 10 ms log-mel hop (shorter audio fails at feature extraction).
+MIN_AUDIO_SAMPLES = 160
 
 
 @dataclass
@@ -197,6 +199,11 @@ def _check_audio_file(path: str, rel: str, max_seconds: float | None) -> None:
         raise _BadRow(
             "audio_corrupt", "audio", f"audio file {rel!r} unreadable ({msg})", "re-export it as WAV/FLAC"
         ) from None
+    if info.frames * SAMPLE_RATE < MIN_AUDIO_SAMPLES * info.samplerate:
+        raise _BadRow(
+            "audio_too_short", "audio", f"audio {rel!r} is {1000 * info.frames / info.samplerate:.1f} ms",
+            "drop the row or re-export the clip (at least 10 ms)",
+        )  # fmt: skip
     if max_seconds is not None and info.frames / info.samplerate > max_seconds:
         raise _BadRow(
             "audio_too_long", "audio", f"audio {rel!r} is {info.frames / info.samplerate:.2f} s > {max_seconds:g} s",
@@ -219,7 +226,8 @@ def read_manifest(
     it), ``text`` (non-empty transcript), optional ``task``/``answer``/``reference`` (numbers are
     accepted for answer/reference and stringified); other keys go to ``meta``. Blank lines are
     ignored. Skip reasons: not_utf8, malformed_json, wrong_type, missing_field, duplicate_id,
-    path_escapes, audio_missing, audio_corrupt, audio_too_long, empty_text, text_too_long.
+    path_escapes, audio_missing, audio_corrupt, audio_too_short, audio_too_long, empty_text,
+    text_too_long.
     """
     p = Path(path)
     if not p.is_file():
@@ -274,7 +282,9 @@ def read_manifest(
     if n_rows == 0:
         raise DataError(f"{p}: manifest is empty; expected one JSON object per line")
     if not examples:
-        raise DataError(f"{p}: no usable rows ({report.summary()}); fix the rows or the paths")
+        err = DataError(f"{p}: no usable rows ({report.summary()}); fix the rows or the paths")
+        err.skips = report  # type: ignore[attr-defined]  # full list of ids for `xopd data check`
+        raise err
     return examples, report
 
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import inspect
 import io
 import json
 import multiprocessing as mp
 import os
 import re
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Sequence
@@ -54,13 +57,6 @@ __all__ = [
 
 _INSTALL_HINT = "install it with `apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng`"
 _VOICE_RE = re.compile(r"^[A-Za-z0-9_/\-]+(\+[A-Za-z0-9_\-]+)?$")
-
-# espeak-ng's C enums (speak_lib.h): audio output mode, parameters, position type and text flags.
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_ESPEAK_RATE = 1
-_ESPEAK_PITCH = 3
-_POS_CHARACTER = 1
-_ESPEAK_CHARS_UTF8 = 1
 
 
 class TTSError(XopdError):
@@ -110,89 +106,195 @@ class TTSEngine(Protocol):
         ...
 
 
-# ----------------------------------------------------------------------------- ctypes backend
-_LOCK = threading.Lock()
-_CALLBACK_T = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+# --------------------------------------------------------------------------- ctypes binding
+class _EspeakLib:
+    """libespeak-ng through ctypes, stdlib only (its source is also the fork server's code).
 
-
-class _Lib:
-    """Process-wide handle on libespeak-ng (it is a global singleton in C, so we are one too)."""
+    Synchronous mode: ``espeak_Synth`` calls our callback with int16 chunks and returns when the
+    utterance is done. espeak is a global singleton in C, so callers serialise access.
+    """
 
     def __init__(self) -> None:
         lib = None
         for cand in ("libespeak-ng.so.1", ctypes.util.find_library("espeak-ng")):
-            if cand:
-                try:
-                    lib = ctypes.CDLL(cand)
-                    break
-                except OSError:
-                    continue
+            try:
+                lib = ctypes.CDLL(cand) if cand else None
+            except OSError:
+                continue
+            if lib is not None:
+                break
         if lib is None:
             raise OSError("libespeak-ng not found")
-        lib.espeak_Initialize.restype = ctypes.c_int
+        cb_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetSynthCallback.argtypes = [_CALLBACK_T]
-        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetSynthCallback.argtypes = [cb_t]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.restype = ctypes.c_int
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synth.argtypes = [
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
-        lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_Info.restype = ctypes.c_char_p
         lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
-        # 1000 ms buffers: ~5x fewer callbacks than the 200 ms default for short prompts.
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 1000, None, 0)
-        if rate <= 0:
+        # AUDIO_OUTPUT_SYNCHRONOUS=2; 1000 ms buffers = few callbacks per short prompt.
+        self.sample_rate = lib.espeak_Initialize(2, 1000, None, 0)
+        if self.sample_rate <= 0:
             raise OSError("espeak_Initialize failed (espeak-ng-data missing?)")
-        self.lib, self.sample_rate = lib, int(rate)
         data = ctypes.c_char_p()
         self.version = (lib.espeak_Info(ctypes.byref(data)) or b"?").decode()
-        self.data_path = Path(data.value.decode()) if data.value else None
-        self._chunks: list[np.ndarray] = []
-        self._cb = _CALLBACK_T(self._collect)  # keep a reference: C holds only the pointer
+        self.data_path = data.value.decode() if data.value else ""
+        self.lib, self._out, self._voice = lib, [], None
+        self._cb = cb_t(self._collect)  # keep a reference: C holds only the pointer
         lib.espeak_SetSynthCallback(self._cb)
-        self._voice: str | None = None
 
-    def _collect(self, wav, n, _events) -> int:  # called by espeak inside espeak_Synth
+    def _collect(self, wav, n, _events) -> int:
         if n > 0 and wav:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0  # 0 = continue synthesis
+            self._out.append(ctypes.string_at(wav, 2 * n))
+        return 0  # continue synthesis
 
-    def synth(self, text: str, voice: Voice) -> np.ndarray:
-        """int16 samples at the native rate. Caller must hold ``_LOCK``."""
-        if voice.name != self._voice:
-            if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+    def set_voice(self, name: str) -> bool:
+        if name != self._voice:
+            if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
                 self._voice = None
-                raise TTSError(f"espeak-ng has no voice {voice.name!r}; list them with `espeak-ng --voices=en`")
-            self._voice = voice.name
-        self.lib.espeak_SetParameter(_ESPEAK_RATE, int(voice.rate), 0)
-        self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(voice.pitch), 0)
-        self._chunks = []
-        buf = text.encode("utf-8")
-        err = self.lib.espeak_Synth(buf, len(buf) + 1, 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None)
+                return False
+            self._voice = name
+        return True
+
+    def synth(self, text: str, name: str, rate: int, pitch: int) -> bytes | None:
+        """Little-endian int16 PCM at ``sample_rate``; None if the voice does not exist."""
+        if not self.set_voice(name):
+            return None
+        self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE
+        self.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH
+        self._out = []
+        buf = text.encode("utf-8")  # flags: espeakCHARS_UTF8 only (no SSML, no [[phonemes]])
+        err = self.lib.espeak_Synth(buf, len(buf) + 1, 0, 1, 0, 1, None, None)  # POS_CHARACTER
         self.lib.espeak_Synchronize()
         if err != 0:
-            raise TTSError(f"espeak_Synth failed with code {err} for voice {voice.name}")
-        chunks, self._chunks = self._chunks, []
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+            raise RuntimeError(f"espeak_Synth returned {err}")
+        out, self._out = b"".join(self._out), []
+        return out
 
 
-_LIB: _Lib | None = None
-_LIB_ERROR: str | None = None
+# espeak keeps pitch-flutter, noise (libc rand) and echo state across utterances, so in one process
+# the same text comes out a few samples different each time. The fork server initialises espeak
+# once, never synthesises itself, and forks a child per utterance: every utterance starts from the
+# same pristine state (and srand(1)), so identical input gives bit-identical audio in any order or
+# process. Frames on the pipes: <u32 length><json> requests, <i32 status><u32 length><payload> replies.
+_SERVER_MAIN = """
+def _read(n):
+    b = b""
+    while len(b) < n:
+        c = os.read(0, n - len(b))
+        if not c:
+            return None
+        b += c
+    return b
 
 
-def _get_lib() -> _Lib | None:
-    global _LIB, _LIB_ERROR
-    if _LIB is None and _LIB_ERROR is None:
-        try:
-            _LIB = _Lib()
-        except OSError as e:
-            _LIB_ERROR = str(e)
-    return _LIB
+def _send(status, payload):
+    mv = memoryview(struct.pack("<iI", status, len(payload)) + payload)
+    while mv:
+        mv = mv[os.write(1, mv):]
+
+
+def _main():
+    lib = _EspeakLib()
+    lib.set_voice("en-us")  # load the English dictionary once; touches no synthesis state
+    info = {"sr": lib.sample_rate, "version": lib.version, "data": lib.data_path}
+    _send(0, json.dumps(info).encode())
+    libc = ctypes.CDLL(None)
+    gc.freeze()  # fewer copy-on-write pages in each child
+    while True:
+        head = _read(4)
+        if head is None:
+            return
+        req = json.loads(_read(struct.unpack("<I", head)[0]))
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                libc.srand(1)
+                pcm = lib.synth(req["t"], req["v"], req["r"], req["p"])
+                _send(0 if pcm is not None else 1, pcm or b"")
+                code = 0
+            finally:
+                os._exit(code)
+        if os.waitpid(pid, 0)[1] != 0:
+            _send(2, b"child failed")
+
+
+_main()
+"""
+
+
+class _ForkServer:
+    """Parent side of the fork server (one per process, started lazily)."""
+
+    def __init__(self) -> None:
+        src = "import ctypes\nimport ctypes.util\nimport gc\nimport json\nimport os\nimport struct\n\n"
+        src += inspect.getsource(_EspeakLib) + _SERVER_MAIN
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", src], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, bufsize=0,
+        )  # fmt: skip
+        self.pid, self.lock = os.getpid(), threading.Lock()
+        status, payload = self._reply()
+        info = json.loads(payload)
+        self.sample_rate, self.version, self.data_path = int(info["sr"]), info["version"], info["data"]
+
+    def _reply(self) -> tuple[int, bytes]:
+        def read(n: int) -> bytes:
+            b = b""
+            while len(b) < n:
+                c = self.proc.stdout.read(n - len(b))
+                if not c:
+                    raise OSError(f"espeak fork server exited (code {self.proc.poll()})")
+                b += c
+            return b
+
+        status, n = struct.unpack("<iI", read(8))
+        return status, read(n)
+
+    def synth(self, text: str, name: str, rate: int, pitch: int) -> bytes | None:
+        req = json.dumps({"t": text, "v": name, "r": rate, "p": pitch}).encode()
+        with self.lock:
+            self.proc.stdin.write(struct.pack("<I", len(req)) + req)
+            status, payload = self._reply()
+        if status == 2:
+            raise TTSError(f"espeak-ng crashed synthesising {text[:40]!r} with voice {name}")
+        return None if status == 1 else payload
+
+
+_LOCK = threading.Lock()
+_LIB: _EspeakLib | None = None
+_SERVER: _ForkServer | None = None
+_LOAD_ERROR: str | None = None
+
+
+def _get_lib() -> _EspeakLib | None:
+    global _LIB, _LOAD_ERROR
+    with _LOCK:
+        if _LIB is None:
+            try:
+                _LIB = _EspeakLib()
+            except OSError as e:
+                _LOAD_ERROR = str(e)
+        return _LIB
+
+
+def _get_server() -> _ForkServer | None:
+    """This process's fork server (a new one after our own fork: pipes are not shareable)."""
+    global _SERVER, _LOAD_ERROR
+    with _LOCK:
+        if _SERVER is None or _SERVER.pid != os.getpid() or _SERVER.proc.poll() is not None:
+            _SERVER = None
+            if hasattr(os, "fork"):
+                try:
+                    _SERVER = _ForkServer()
+                except (OSError, ValueError) as e:
+                    _LOAD_ERROR = str(e)
+        return _SERVER
 
 
 # ------------------------------------------------------------------------- subprocess backend
@@ -215,28 +317,47 @@ def _parse_wav_stream(raw: bytes) -> tuple[np.ndarray, int]:
 class EspeakEngine:
     """espeak-ng synthesis, resampled (soxr) from the native 22050 Hz to ``sample_rate``.
 
-    ``backend``: ``"auto"`` (ctypes if the library loads, else the program), ``"ctypes"`` or
-    ``"subprocess"``. Raises :class:`TTSError` with an install hint when espeak-ng is missing.
+    ``backend``:
+
+    * ``"fork"``: ctypes binding in a fork server, one pristine child per utterance;
+      deterministic (same text+voice -> same samples), ~1.5x the cost of ``"ctypes"``;
+    * ``"ctypes"``: the binding in this process under a lock; fastest, but espeak carries
+      pitch-flutter/noise state between utterances, so output depends slightly on call order;
+    * ``"subprocess"``: one ``espeak-ng`` process per utterance (argument list, no shell);
+      deterministic, ~5x slower;
+    * ``"auto"``: the first of fork, ctypes, subprocess that works.
+
+    Raises :class:`TTSError` with an install hint when espeak-ng is missing.
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, backend: str = "auto") -> None:
-        if backend not in ("auto", "ctypes", "subprocess"):
-            raise TTSError(f"TTS backend {backend!r} unknown; use auto, ctypes or subprocess")
+        if backend not in ("auto", "fork", "ctypes", "subprocess"):
+            raise TTSError(f"TTS backend {backend!r} unknown; use auto, fork, ctypes or subprocess")
         self.sample_rate = int(sample_rate)
-        self._lib = _get_lib() if backend in ("auto", "ctypes") else None
         self._exe = shutil.which("espeak-ng")
-        if self._lib is not None:
-            self.backend, self.native_rate = "ctypes", self._lib.sample_rate
-            version, data = self._lib.version, self._lib.data_path
-        elif backend == "ctypes":
-            raise TTSError(f"cannot load libespeak-ng ({_LIB_ERROR}); {_INSTALL_HINT}")
+        self._server = _get_server() if backend in ("auto", "fork") and _get_lib() is not None else None
+        self._lib = (
+            _get_lib() if backend == "ctypes" or (backend == "auto" and self._server is None) else None
+        )
+        if self._server is not None:
+            self.backend, src = "fork", self._server
+        elif self._lib is not None:
+            self.backend, src = "ctypes", self._lib
+        elif backend in ("fork", "ctypes"):
+            raise TTSError(f"cannot use libespeak-ng via {backend} ({_LOAD_ERROR}); {_INSTALL_HINT}")
         elif self._exe is not None:
-            self.backend, self.native_rate = "subprocess", 22050
-            version, data = self._program_info()
+            self.backend, src = "subprocess", None
         else:
-            raise TTSError(f"espeak-ng is not installed (no libespeak-ng.so.1, no espeak-ng program); {_INSTALL_HINT}")
-        self.version, self.data_path = version, data
-        self.name = f"espeak-ng-{version}"
+            raise TTSError(
+                f"espeak-ng is not installed (no libespeak-ng.so.1, no espeak-ng program); {_INSTALL_HINT}"
+            )
+        if src is not None:
+            self.native_rate, self.version = src.sample_rate, src.version
+            self.data_path = Path(src.data_path) if src.data_path else None
+        else:
+            self.native_rate, (self.version, self.data_path) = 22050, self._program_info()
+        self.deterministic = self.backend != "ctypes"
+        self.name = f"espeak-ng-{self.version}"
 
     def _program_info(self) -> tuple[str, Path | None]:
         out = subprocess.run([self._exe, "--version"], capture_output=True, text=True, check=False).stdout
@@ -251,22 +372,39 @@ class EspeakEngine:
         """``[n]`` int16 samples at ``self.native_rate`` (22050 Hz for espeak-ng)."""
         voice.validate()
         if voice.variant is not None and not self.has_variant(voice.variant):
-            raise TTSError(f"espeak-ng has no variant {voice.variant!r} (voice {voice.name}); see {self.data_path}/voices/!v")
+            raise TTSError(
+                f"espeak-ng has no variant {voice.variant!r} (voice {voice.name}); see {self.data_path}/voices/!v"
+            )
         text = text.replace("\x00", " ")  # C strings end at NUL; never let text be cut silently
         if not text.strip():
             raise TTSError(f"cannot synthesise empty text (voice {voice.name})")
-        if self._lib is not None:
-            with _LOCK:
-                samples = self._lib.synth(text, voice)
+        args = (text, voice.name, int(voice.rate), int(voice.pitch))
+        if self.backend == "subprocess":
+            samples = self._synth_subprocess(*args)
         else:
-            cmd = [self._exe, "-v", voice.name, "-s", str(int(voice.rate)), "-p", str(int(voice.pitch))]
-            proc = subprocess.run([*cmd, "--stdout", "--", text], capture_output=True, check=False, timeout=120)
-            if proc.returncode != 0:
-                msg = proc.stderr.decode(errors="replace").strip().splitlines()
-                raise TTSError(f"espeak-ng failed for voice {voice.name}: {msg[-1] if msg else proc.returncode}")
-            samples, self.native_rate = _parse_wav_stream(proc.stdout)
+            if self._server is not None:
+                if self._server.pid != os.getpid():  # we were forked: get this process's own server
+                    self._server = _get_server() or self._server
+                pcm = self._server.synth(*args)
+            else:
+                with _LOCK:
+                    pcm = self._lib.synth(*args)
+            if pcm is None:
+                raise TTSError(
+                    f"espeak-ng has no voice {voice.name!r}; list them with `espeak-ng --voices=en`"
+                )
+            samples = np.frombuffer(pcm, dtype="<i2")
         if samples.size == 0:
             raise TTSError(f"espeak-ng produced no audio for {text[:40]!r} (voice {voice.name})")
+        return samples
+
+    def _synth_subprocess(self, text: str, name: str, rate: int, pitch: int) -> np.ndarray:
+        cmd = [self._exe, "-v", name, "-s", str(rate), "-p", str(pitch), "--stdout", "--", text]
+        proc = subprocess.run(cmd, capture_output=True, check=False, timeout=120)
+        if proc.returncode != 0:
+            msg = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise TTSError(f"espeak-ng failed for voice {name}: {msg[-1] if msg else proc.returncode}")
+        samples, self.native_rate = _parse_wav_stream(proc.stdout)
         return samples
 
     def synth(self, text: str, voice: Voice) -> np.ndarray:
@@ -284,7 +422,16 @@ class EspeakEngine:
 def cache_key(engine_name: str, text: str, voice: Voice, noise_snr_db: float | None, seed: int) -> str:
     """sha256 over everything that changes the waveform (engine, text, voice, noise, seed)."""
     noise = None if noise_snr_db is None else float(noise_snr_db)
-    payload = [engine_name, text, voice.name, int(voice.rate), int(voice.pitch), noise, int(seed), SAMPLE_RATE]
+    payload = [
+        engine_name,
+        text,
+        voice.name,
+        int(voice.rate),
+        int(voice.pitch),
+        noise,
+        int(seed),
+        SAMPLE_RATE,
+    ]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -367,7 +514,10 @@ def synthesize_many(
     jobs_list: Sequence[SynthJob] = list(jobs)
     name = getattr(engine, "name", type(engine).__name__)
     root = Path(cache_dir)
-    paths = [root / k[:2] / f"{k}.wav" for k in (cache_key(name, j.text, j.voice, j.noise_snr_db, j.seed) for j in jobs_list)]
+    paths = [
+        root / k[:2] / f"{k}.wav"
+        for k in (cache_key(name, j.text, j.voice, j.noise_snr_db, j.seed) for j in jobs_list)
+    ]
     todo = [i for i, p in enumerate(paths) if not (p.is_file() and p.stat().st_size > 44)]
     bar = None
     if progress and todo:

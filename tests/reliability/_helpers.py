@@ -15,41 +15,98 @@ import soundfile as sf
 
 XOPD = Path(sys.executable).with_name("xopd")
 
-FAST = ["--n_samples", "2", "--max_new_tokens", "8", "--batch_size", "4", "--micro_batch_size", "2",
-        "--lr", "1e-3", "--progress", "false", "--report_to", "jsonl", "--eval_prompts", "2", "--threads", "1"]
+FAST = [
+    "--n_samples",
+    "2",
+    "--max_new_tokens",
+    "8",
+    "--batch_size",
+    "4",
+    "--micro_batch_size",
+    "2",
+    "--lr",
+    "1e-3",
+    "--progress",
+    "false",
+    "--report_to",
+    "jsonl",
+    "--eval_prompts",
+    "2",
+    "--threads",
+    "1",
+]
 
 
 def subprocess_env() -> dict[str, str]:
     """One thread, offline, quiet: what a user's shell would run, minus the noise."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONUNBUFFERED="1")
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
-def run_xopd(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_xopd(
+    *args: str, cwd: str | os.PathLike | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """``xopd ARGS`` as a subprocess (argument list, no shell); returns the completed process."""
     exe = str(XOPD) if XOPD.exists() else shutil.which("xopd")
     assert exe, "the xopd console script is not installed in this environment"
-    return subprocess.run([exe, *map(str, args)], cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [exe, *map(str, args)],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
-def popen_xopd(*args: str, cwd: str | os.PathLike | None = None) -> subprocess.Popen:
+def popen_xopd(*args: str, log: Path, cwd: str | os.PathLike | None = None) -> subprocess.Popen:
+    """Start ``xopd ARGS`` in the background, stdout+stderr to ``log`` (a file: a pipe nobody reads
+    could fill up and stall the child)."""
     exe = str(XOPD) if XOPD.exists() else shutil.which("xopd")
-    return subprocess.Popen([exe, *map(str, args)], cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [exe, *map(str, args)],
+            cwd=cwd,
+            env=subprocess_env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
-def train_argv(world: dict[str, str], out: str | os.PathLike, steps: int, *extra: str, manifest: str | None = None
-               ) -> list[str]:
+def train_argv(
+    world: dict[str, str], out: str | os.PathLike, steps: int, *extra: str, manifest: str | None = None
+) -> list[str]:
     """``train ...`` argv for the tiny world (``manifest`` overrides the world's)."""
-    return ["train", "--student_path", world["student"], "--teacher_path", world["teacher"],
-            "--manifest", manifest or world["manifest"], "--output_dir", str(out), "--max_steps", str(steps),
-            *FAST, *extra]
+    return [
+        "train",
+        "--student_path",
+        world["student"],
+        "--teacher_path",
+        world["teacher"],
+        "--manifest",
+        manifest or world["manifest"],
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(steps),
+        *FAST,
+        *extra,
+    ]
 
 
-def write_wav(path: Path, data: np.ndarray, sr: int = 16000, subtype: str = "PCM_16", fmt: str = "WAV") -> Path:
+def write_wav(
+    path: Path, data: np.ndarray, sr: int = 16000, subtype: str = "PCM_16", fmt: str = "WAV"
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data, sr, subtype=subtype, format=fmt)
     return path
@@ -81,6 +138,12 @@ def one_line_error(stderr: str) -> str:
 
 
 GOOD_ROWS = [
-    {"id": "good-0", "audio": "audio/0000.wav", "text": "what is 6 plus 3?", "task": "arithmetic", "answer": "9"},
+    {
+        "id": "good-0",
+        "audio": "audio/0000.wav",
+        "text": "what is 6 plus 3?",
+        "task": "arithmetic",
+        "answer": "9",
+    },
     {"id": "good-1", "audio": "audio/0001.wav", "text": "repeat after me cat red"},
 ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture
 def data_dir(tmp_path, tiny_world) -> Path:
     """A fresh data folder with two good rows whose audio is copied from the tiny world."""

@@ -27,8 +27,14 @@ def _truncate(path: Path, keep: int) -> None:
 def _header_only(path: Path) -> None:
     """A 44-byte WAV header that promises 0 frames."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
-                     + b"data" + struct.pack("<I", 0))
+    path.write_bytes(
+        b"RIFF"
+        + struct.pack("<I", 36)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data"
+        + struct.pack("<I", 0)
+    )
 
 
 # name -> writer(audio_path) for files that are odd but valid: they must load and count as ok
@@ -52,8 +58,12 @@ BAD_AUDIO = {
     "not_audio": (lambda p: p.write_text("this is a text file, not a wav\n" * 20), "audio_corrupt"),
     "truncated_header": (lambda p: (write_wav(p, tone()), _truncate(p, 20)), "audio_corrupt"),
     "header_no_frames": (_header_only, "audio_corrupt"),
-    "nan_samples": (lambda p: write_wav(p, np.where(np.arange(4800) == 100, np.nan, 0.1).astype(np.float32),
-                                        16000, "FLOAT"), "audio_nan"),
+    "nan_samples": (
+        lambda p: write_wav(
+            p, np.where(np.arange(4800) == 100, np.nan, 0.1).astype(np.float32), 16000, "FLOAT"
+        ),
+        "audio_nan",
+    ),
     "inf_samples": (lambda p: write_wav(p, np.full(4800, np.inf, np.float32), 16000, "FLOAT"), "audio_nan"),
     "too_short": (lambda p: write_wav(p, tone(0.003)), "audio_too_short"),
     "over_limit": (lambda p: write_wav(p, np.zeros(31 * 8000, np.float32), 8000, "PCM_U8"), "audio_too_long"),
@@ -73,7 +83,11 @@ BAD_ROWS = {
     "missing_id": ({"audio": "audio/0000.wav", "text": "hi"}, "missing_field", "line 3"),
     "duplicate_id": ({"id": "good-0", "audio": "audio/0001.wav", "text": "again"}, "duplicate_id", "good-0"),
     "path_dotdot": ({"id": "d", "audio": "../outside.wav", "text": "hi"}, "path_escapes", "d"),
-    "path_nested_dotdot": ({"id": "n", "audio": "audio/../../outside.wav", "text": "hi"}, "path_escapes", "n"),
+    "path_nested_dotdot": (
+        {"id": "n", "audio": "audio/../../outside.wav", "text": "hi"},
+        "path_escapes",
+        "n",
+    ),
     "path_absolute": ({"id": "a", "audio": "/etc/passwd", "text": "hi"}, "path_escapes", "a"),
 }
 
@@ -82,8 +96,9 @@ BAD_ROWS = {
 def test_odd_but_valid_audio_is_ok(case, data_dir, capsys):
     VALID_AUDIO[case](data_dir / "audio" / "odd.flac" if case == "flac" else data_dir / "audio" / "odd.wav")
     name = "odd.flac" if case == "flac" else "odd.wav"
-    man = write_manifest_lines(data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "odd", "audio": f"audio/{name}",
-                                                                   "text": "hello"}])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "odd", "audio": f"audio/{name}", "text": "hello"}]
+    )
     rc, rep = _check(capsys, man)
     assert rc == 0 and rep["ok"] == 3 and rep["skipped"] == 0, rep
 
@@ -92,8 +107,9 @@ def test_odd_but_valid_audio_is_ok(case, data_dir, capsys):
 def test_bad_audio_is_a_counted_skip(case, data_dir, capsys):
     writer, reason = BAD_AUDIO[case]
     writer(data_dir / "audio" / "bad.wav")
-    man = write_manifest_lines(data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "bad", "audio": "audio/bad.wav",
-                                                                   "text": "hello"}])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "bad", "audio": "audio/bad.wav", "text": "hello"}]
+    )
     rc, rep = _check(capsys, man)
     assert rc == 0 and rep["ok"] == 2, rep
     assert rep["counts"] == {reason: 1} and rep["ids"][reason] == ["bad"], rep
@@ -111,8 +127,15 @@ def test_bad_rows_are_counted_skips(case, data_dir, capsys):
 
 def test_text_summary_lists_reasons_and_ids(data_dir, capsys):
     BAD_AUDIO["nan_samples"][0](data_dir / "audio" / "nan.wav")
-    man = write_manifest_lines(data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "n1", "audio": "audio/nan.wav", "text": "x"},
-                                                      "{broken", {"id": "e1", "audio": "audio/0000.wav", "text": ""}])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl",
+        [
+            *GOOD_ROWS,
+            {"id": "n1", "audio": "audio/nan.wav", "text": "x"},
+            "{broken",
+            {"id": "e1", "audio": "audio/0000.wav", "text": ""},
+        ],
+    )
     assert main(["data", "check", str(man)]) == 0
     out = capsys.readouterr().out
     assert "2 of 5 rows ok, 3 skipped" in out
@@ -121,11 +144,15 @@ def test_text_summary_lists_reasons_and_ids(data_dir, capsys):
 
 def test_strict_names_file_line_and_field(data_dir, capsys):
     BAD_AUDIO["nan_samples"][0](data_dir / "audio" / "nan.wav")
-    man = write_manifest_lines(data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "n1", "audio": "audio/nan.wav", "text": "x"}])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "n1", "audio": "audio/nan.wav", "text": "x"}]
+    )
     assert main(["data", "check", str(man), "--strict"]) == 1
     err = one_line_error(capsys.readouterr().err)
     assert "m.jsonl:3" in err and "'audio'" in err and "NaN" in err
-    bad = write_manifest_lines(data_dir / "b.jsonl", [GOOD_ROWS[0], {"id": "e", "audio": "audio/0000.wav", "text": ""}])
+    bad = write_manifest_lines(
+        data_dir / "b.jsonl", [GOOD_ROWS[0], {"id": "e", "audio": "audio/0000.wav", "text": ""}]
+    )
     assert main(["data", "check", str(bad), "--strict"]) == 1
     err = one_line_error(capsys.readouterr().err)
     assert "b.jsonl:2" in err and "field 'text'" in err and "fix:" in err
@@ -159,8 +186,10 @@ def test_max_audio_seconds_flag(data_dir, capsys):
 
 
 def test_tokenizer_check(data_dir, tiny_world, tmp_path, capsys):
-    man = write_manifest_lines(data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "uni", "audio": "audio/0000.wav",
-                                                                   "text": "naïve café 数字 🎤"}])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl",
+        [*GOOD_ROWS, {"id": "uni", "audio": "audio/0000.wav", "text": "naïve café 数字 🎤"}],
+    )
     rc, rep = _check(capsys, man, "--tokenizer", tiny_world["student"])
     assert rc == 0 and rep["ok"] == 3, rep  # byte-level BPE: any text tokenizes
     # a word-level tokenizer with [UNK]: unknown words are a warning, not a skip
@@ -171,14 +200,24 @@ def test_tokenizer_check(data_dir, tiny_world, tmp_path, capsys):
     wl.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=wl, unk_token="[UNK]").save_pretrained(str(tmp_path / "wl"))
     rc, rep = _check(capsys, man, "--tokenizer", str(tmp_path / "wl"))
-    assert rc == 0 and rep["ok"] == 3 and rep["warnings"]["text_unknown_tokens"] == ["good-0", "good-1", "uni"]
+    assert (
+        rc == 0 and rep["ok"] == 3 and rep["warnings"]["text_unknown_tokens"] == ["good-0", "good-1", "uni"]
+    )
     assert main(["data", "check", str(man), "--tokenizer", str(tmp_path / "nope")]) == 1
     assert "tokenizer directory not found" in one_line_error(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("argv", [["data"], ["data", "check"], ["data", "check", "m.jsonl", "--max_audio_seconds", "abc"],
-                                  ["data", "check", "m.jsonl", "--max_audio_seconds", "0"],
-                                  ["data", "check", "m.jsonl", "--bogus"], ["data", "frobnicate"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data"],
+        ["data", "check"],
+        ["data", "check", "m.jsonl", "--max_audio_seconds", "abc"],
+        ["data", "check", "m.jsonl", "--max_audio_seconds", "0"],
+        ["data", "check", "m.jsonl", "--bogus"],
+        ["data", "frobnicate"],
+    ],
+)
 def test_usage_errors_exit_2(argv, capsys):
     try:
         rc = main(argv)
@@ -190,8 +229,10 @@ def test_usage_errors_exit_2(argv, capsys):
 
 def test_subprocess_exit_codes_and_no_traceback(data_dir):
     BAD_AUDIO["not_audio"][0](data_dir / "audio" / "bad.wav")
-    man = write_manifest_lines(data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "b", "audio": "audio/bad.wav", "text": "x"},
-                                                      b"\xff\xfe not json"])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl",
+        [*GOOD_ROWS, {"id": "b", "audio": "audio/bad.wav", "text": "x"}, b"\xff\xfe not json"],
+    )
     ok = run_xopd("data", "check", man)
     assert ok.returncode == 0 and "2 of 4 rows ok" in ok.stdout and "Traceback" not in ok.stderr, ok.stderr
     strict = run_xopd("data", "check", man, "--strict")

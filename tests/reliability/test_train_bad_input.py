@@ -84,12 +84,19 @@ def test_bad_paths_are_one_line_exit_1(which, problem, tiny_world, tmp_path, cap
 def test_bad_rows_are_skipped_counted_and_logged(tiny_world, data_dir, capsys):
     write_wav(data_dir / "audio" / "short.wav", tone(0.002))
     (data_dir / "audio" / "junk.wav").write_text("not audio")
-    rows = [*GOOD_ROWS, "{oops", b'{"id": "latin1", "text": "caf\xe9", "audio": "audio/0000.wav"}',
-            {"id": "dup", "audio": "audio/0000.wav", "text": "one"}, {"id": "dup", "audio": "audio/0001.wav", "text": "2"},
-            {"id": "esc", "audio": "../../etc/passwd", "text": "hi"}, {"id": "blank", "audio": "audio/0000.wav", "text": " "},
-            {"id": "long", "audio": "audio/0000.wav", "text": "x" * 5000},
-            {"id": "gone", "audio": "audio/gone.wav", "text": "hi"}, {"id": "junk", "audio": "audio/junk.wav", "text": "hi"},
-            {"id": "short", "audio": "audio/short.wav", "text": "hi"}]
+    rows = [
+        *GOOD_ROWS,
+        "{oops",
+        b'{"id": "latin1", "text": "caf\xe9", "audio": "audio/0000.wav"}',
+        {"id": "dup", "audio": "audio/0000.wav", "text": "one"},
+        {"id": "dup", "audio": "audio/0001.wav", "text": "2"},
+        {"id": "esc", "audio": "../../etc/passwd", "text": "hi"},
+        {"id": "blank", "audio": "audio/0000.wav", "text": " "},
+        {"id": "long", "audio": "audio/0000.wav", "text": "x" * 5000},
+        {"id": "gone", "audio": "audio/gone.wav", "text": "hi"},
+        {"id": "junk", "audio": "audio/junk.wav", "text": "hi"},
+        {"id": "short", "audio": "audio/short.wav", "text": "hi"},
+    ]
     man = write_manifest_lines(data_dir / "m.jsonl", rows)
     out = data_dir.parent / "run"
     assert main(train_argv(tiny_world, out, 1, manifest=str(man))) == 0
@@ -98,15 +105,23 @@ def test_bad_rows_are_skipped_counted_and_logged(tiny_world, data_dir, capsys):
     skipped = json.loads((out / "skipped.json").read_text())
     assert skipped["total"] == 9
     assert skipped["ids"] == {
-        "malformed_json": ["line 3"], "not_utf8": ["line 4"], "duplicate_id": ["dup"], "path_escapes": ["esc"],
-        "empty_text": ["blank"], "text_too_long": ["long"], "audio_missing": ["gone"], "audio_corrupt": ["junk"],
+        "malformed_json": ["line 3"],
+        "not_utf8": ["line 4"],
+        "duplicate_id": ["dup"],
+        "path_escapes": ["esc"],
+        "empty_text": ["blank"],
+        "text_too_long": ["long"],
+        "audio_missing": ["gone"],
+        "audio_corrupt": ["junk"],
         "audio_too_short": ["short"],
     }
     assert (out / "checkpoint-1").is_dir()
 
 
 def test_strict_train_stops_at_first_bad_row(tiny_world, data_dir, capsys):
-    man = write_manifest_lines(data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "gone", "audio": "audio/gone.wav", "text": "x"}])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "gone", "audio": "audio/gone.wav", "text": "x"}]
+    )
     assert main(train_argv(tiny_world, data_dir.parent / "run", 1, "--strict", manifest=str(man))) == 1
     err = one_line_error(capsys.readouterr().err)
     assert "m.jsonl:3" in err and "field 'audio'" in err and "fix:" in err
@@ -116,7 +131,9 @@ def test_nan_audio_found_mid_run_is_one_line_naming_the_file(tiny_world, data_di
     """NaN samples pass the header check (only `xopd data check` decodes up front); when training
     reaches the file it stops with one line naming it, not a crash inside the encoder."""
     write_wav(data_dir / "audio" / "nan.wav", np.full(3200, np.nan, np.float32), 16000, "FLOAT")
-    man = write_manifest_lines(data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "nan", "audio": "audio/nan.wav", "text": "x"}])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl", [*GOOD_ROWS, {"id": "nan", "audio": "audio/nan.wav", "text": "x"}]
+    )
     assert main(train_argv(tiny_world, data_dir.parent / "run", 2, manifest=str(man))) == 1
     err = one_line_error(capsys.readouterr().err)
     assert "nan.wav" in err and "NaN" in err
@@ -133,10 +150,14 @@ def test_audio_over_the_encoder_window_is_one_line(tiny_world, data_dir, capsys)
 
 def test_subprocess_train_errors_have_no_traceback(tiny_world, data_dir, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"student_path: {tiny_world['student']}\nteacher_path: {tiny_world['teacher']}\n"
-                   f"manifest: {tiny_world['manifest']}\nn_samples: 0\n")
+    cfg.write_text(
+        f"student_path: {tiny_world['student']}\nteacher_path: {tiny_world['teacher']}\n"
+        f"manifest: {tiny_world['manifest']}\nn_samples: 0\n"
+    )
     res = run_xopd("train", "--config", cfg)
     assert res.returncode == 2 and "'n_samples' must be >= 1" in one_line_error(res.stderr)
-    man = write_manifest_lines(data_dir / "m.jsonl", ["not json", {"id": "a", "audio": "audio/x.wav", "text": "t"}])
+    man = write_manifest_lines(
+        data_dir / "m.jsonl", ["not json", {"id": "a", "audio": "audio/x.wav", "text": "t"}]
+    )
     res = run_xopd(*train_argv(tiny_world, tmp_path / "run", 1, manifest=str(man)))
     assert res.returncode == 1 and "no usable rows" in one_line_error(res.stderr)

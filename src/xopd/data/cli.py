@@ -104,7 +104,9 @@ def _load_tokenizer(path: str):
         raise ModelError(f"{p}: cannot load a tokenizer: {str(e).splitlines()[0]}") from None
 
 
-def _row_problem(ex: Example, max_audio_seconds: float | None, tokenizer, cache: dict) -> tuple[str, str] | None:
+def _row_problem(
+    ex: Example, max_audio_seconds: float | None, tokenizer, cache: dict
+) -> tuple[str, str] | None:
     """(reason, problem) if training would fail on this row, else None."""
     if ex.audio is not None:
         if ex.audio not in cache:
@@ -163,8 +165,10 @@ def check_manifest(
         if problem is not None:
             reason, msg = problem
             if strict:
-                raise DataError(f"{where}: field '{'text' if reason.startswith('text') else 'audio'}' "
-                                f"(id {ex.id!r}): {msg}")
+                raise DataError(
+                    f"{where}: field '{'text' if reason.startswith('text') else 'audio'}' "
+                    f"(id {ex.id!r}): {msg}"
+                )
             report.add(reason, ex.id, f"{where}: {msg}")
             continue
         if unk is not None and unk in tokenizer(ex.text, add_special_tokens=False)["input_ids"]:
@@ -183,8 +187,9 @@ def format_summary(result: CheckResult) -> str:
     lines = [f"{d['manifest']}: {d['ok']} of {d['rows']} rows ok, {d['skipped']} skipped"]
     for reason in sorted(result.skips.counts):
         ids = result.skips.ids[reason]
-        shown = ", ".join(ids[:SHOWN_IDS]) + (f", ... ({len(ids) - SHOWN_IDS} more; --json lists all)"
-                                              if len(ids) > SHOWN_IDS else "")
+        shown = ", ".join(ids[:SHOWN_IDS]) + (
+            f", ... ({len(ids) - SHOWN_IDS} more; --json lists all)" if len(ids) > SHOWN_IDS else ""
+        )
         lines.append(f"  {reason}: {len(ids)} ({shown})")
         first = result.skips.details[reason][0]
         if first:
@@ -242,8 +247,13 @@ def cmd_data(args: argparse.Namespace, rest: list[str]) -> int:
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
     """``xopd data check``; ``data`` is a group so later data tools can sit beside ``check``."""
-    p = sub.add_parser("data", help="inspect data: `xopd data check MANIFEST` validates a manifest",
-                       description="Data tools.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "data",
+        help="inspect data: `xopd data check MANIFEST` validates a manifest",
+        description="Data tools.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(data_parser=p)
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     c = dsub.add_parser(
@@ -254,10 +264,20 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     c.add_argument("manifest", help="JSONL manifest (audio paths relative to its folder)")
-    c.add_argument("--strict", action="store_true", help="fail (exit 1) on the first bad row, naming file:line")
-    c.add_argument("--max_audio_seconds", type=_positive_float, default=30.0,
-                   help="longer audio counts as bad, like `xopd train --max_audio_seconds` (default: 30)")
-    c.add_argument("--max_text_chars", type=_positive_int, default=4000, help="longest transcript (default: 4000)")
-    c.add_argument("--tokenizer", metavar="DIR", help="model/tokenizer directory: check every transcript tokenizes")
+    c.add_argument(
+        "--strict", action="store_true", help="fail (exit 1) on the first bad row, naming file:line"
+    )
+    c.add_argument(
+        "--max_audio_seconds",
+        type=_positive_float,
+        default=30.0,
+        help="longer audio counts as bad, like `xopd train --max_audio_seconds` (default: 30)",
+    )
+    c.add_argument(
+        "--max_text_chars", type=_positive_int, default=4000, help="longest transcript (default: 4000)"
+    )
+    c.add_argument(
+        "--tokenizer", metavar="DIR", help="model/tokenizer directory: check every transcript tokenizes"
+    )
     c.add_argument("--json", action="store_true", help="print the full report as JSON (all ids)")
     handlers["data"] = cmd_data

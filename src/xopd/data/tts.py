@@ -1,25 +1,22 @@
 """Text-to-speech for the mini world: espeak-ng behind one small interface, cached on disk.
 
-Why espeak-ng: it is a real formant synthesiser that installs from Debian in seconds, has many
-voices (``en-us``, ``en`` ...) and variants (``m1``..``m8``, ``f1``..``f5``) whose rate and pitch
-can be set per utterance, so a speech student hears genuine acoustic variation, not a lookup table.
+Why espeak-ng: a real formant synthesiser that installs from Debian in seconds, with voices
+(``en-us``, ``en``) and variants (``m1``..``m8``, ``f1``..``f5``) whose rate and pitch are set per
+utterance, so a speech student hears genuine acoustic variation.
 
-Two backends, same output:
-
-* ``ctypes`` on ``libespeak-ng.so.1`` in synchronous mode with a callback that collects the int16
-  samples (~4 ms per short question, no process start-up). espeak keeps global state (one voice,
-  one callback), so every call holds a module-level lock.
-* ``subprocess`` with an argument list (never a shell) and ``--`` before the text, used when the
-  library cannot be loaded but the ``espeak-ng`` program exists.
-
-Text is never interpreted: it goes to espeak as a C string / one argv element with SSML and
+Backends (:class:`EspeakEngine`): a ctypes binding to ``libespeak-ng.so.1`` in synchronous mode
+(a callback collects int16 samples), run either in a fork server (default: deterministic) or in
+this process under a lock (fastest); or the ``espeak-ng`` program with an argument list. Text is
+never interpreted: it reaches espeak as one C string / one argv element after ``--``, with SSML and
 phoneme input off, so ``$(...)``, backticks or ``--help`` are simply read aloud.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import inspect
 import io
@@ -33,7 +30,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -56,6 +54,8 @@ __all__ = [
 ]
 
 _INSTALL_HINT = "install it with `apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng`"
+_MAX_CHARS = 4000  # one utterance (~5 minutes of speech); longer text should be split by the caller
+_WINDOW = 3  # fork-server requests in flight
 _VOICE_RE = re.compile(r"^[A-Za-z0-9_/\-]+(\+[A-Za-z0-9_\-]+)?$")
 
 
@@ -239,7 +239,10 @@ class _ForkServer:
             stderr=subprocess.DEVNULL, bufsize=0,
         )  # fmt: skip
         self.pid, self.lock = os.getpid(), threading.Lock()
-        status, payload = self._reply()
+        if hasattr(fcntl, "F_SETPIPE_SZ"):  # a whole utterance fits: the child never waits on us
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+        _, payload = self._reply()
         info = json.loads(payload)
         self.sample_rate, self.version, self.data_path = int(info["sr"]), info["version"], info["data"]
 
@@ -249,21 +252,42 @@ class _ForkServer:
             while len(b) < n:
                 c = self.proc.stdout.read(n - len(b))
                 if not c:
-                    raise OSError(f"espeak fork server exited (code {self.proc.poll()})")
+                    raise TTSError(f"espeak-ng fork server exited (code {self.proc.poll()})")
                 b += c
             return b
 
         status, n = struct.unpack("<iI", read(8))
         return status, read(n)
 
-    def synth(self, text: str, name: str, rate: int, pitch: int) -> bytes | None:
-        req = json.dumps({"t": text, "v": name, "r": rate, "p": pitch}).encode()
+    def synth_iter(self, reqs: Iterable[tuple[str, str, int, int]]) -> Iterator[tuple[tuple, bytes | None]]:
+        """``(request, pcm)`` in request order, with up to ``_WINDOW`` requests in flight so the
+        server synthesises the next utterance while the caller post-processes this one.
+
+        No deadlock: we only ever block reading replies, except when writing a request, and the
+        requests in flight (<= _WINDOW x _MAX_CHARS x 4 bytes) always fit the 64 KiB stdin pipe.
+        """
         with self.lock:
-            self.proc.stdin.write(struct.pack("<I", len(req)) + req)
-            status, payload = self._reply()
+            pending: deque[tuple] = deque()
+            try:
+                for r in reqs:
+                    msg = json.dumps(
+                        {"t": r[0], "v": r[1], "r": r[2], "p": r[3]}, ensure_ascii=False
+                    ).encode()
+                    self.proc.stdin.write(struct.pack("<I", len(msg)) + msg)
+                    pending.append(r)
+                    if len(pending) >= _WINDOW:
+                        yield self._check(pending.popleft())
+                while pending:
+                    yield self._check(pending.popleft())
+            finally:
+                for _ in range(len(pending)):  # abandoned midway: drain so the pipe stays in sync
+                    self._reply()
+
+    def _check(self, req: tuple) -> tuple[tuple, bytes | None]:
+        status, payload = self._reply()
         if status == 2:
-            raise TTSError(f"espeak-ng crashed synthesising {text[:40]!r} with voice {name}")
-        return None if status == 1 else payload
+            raise TTSError(f"espeak-ng crashed synthesising {req[0][:40]!r} with voice {req[1]}")
+        return req, (None if status == 1 else payload)
 
 
 _LOCK = threading.Lock()
@@ -292,7 +316,7 @@ def _get_server() -> _ForkServer | None:
             if hasattr(os, "fork"):
                 try:
                     _SERVER = _ForkServer()
-                except (OSError, ValueError) as e:
+                except (OSError, ValueError, TTSError) as e:
                     _LOAD_ERROR = str(e)
         return _SERVER
 
@@ -335,10 +359,9 @@ class EspeakEngine:
             raise TTSError(f"TTS backend {backend!r} unknown; use auto, fork, ctypes or subprocess")
         self.sample_rate = int(sample_rate)
         self._exe = shutil.which("espeak-ng")
-        self._server = _get_server() if backend in ("auto", "fork") and _get_lib() is not None else None
-        self._lib = (
-            _get_lib() if backend == "ctypes" or (backend == "auto" and self._server is None) else None
-        )
+        self._server = _get_server() if backend in ("auto", "fork") else None
+        use_lib = backend == "ctypes" or (backend == "auto" and self._server is None)
+        self._lib = _get_lib() if use_lib else None
         if self._server is not None:
             self.backend, src = "fork", self._server
         elif self._lib is not None:
@@ -368,8 +391,7 @@ class EspeakEngine:
         """True if ``voices/!v/<variant>`` exists (espeak silently ignores unknown variants)."""
         return self.data_path is None or (self.data_path / "voices" / "!v" / variant).is_file()
 
-    def synth_native(self, text: str, voice: Voice) -> np.ndarray:
-        """``[n]`` int16 samples at ``self.native_rate`` (22050 Hz for espeak-ng)."""
+    def _prepare(self, text: str, voice: Voice) -> tuple[str, str, int, int]:
         voice.validate()
         if voice.variant is not None and not self.has_variant(voice.variant):
             raise TTSError(
@@ -378,25 +400,37 @@ class EspeakEngine:
         text = text.replace("\x00", " ")  # C strings end at NUL; never let text be cut silently
         if not text.strip():
             raise TTSError(f"cannot synthesise empty text (voice {voice.name})")
-        args = (text, voice.name, int(voice.rate), int(voice.pitch))
+        if len(text) > _MAX_CHARS:
+            raise TTSError(
+                f"text of {len(text)} characters is too long for one utterance (max {_MAX_CHARS}); split it"
+            )
+        return text, voice.name, int(voice.rate), int(voice.pitch)
+
+    def synth_native_iter(self, utts: Iterable[tuple[str, Voice]]) -> Iterator[np.ndarray]:
+        """``[n]`` int16 samples at ``native_rate`` (22050 Hz) per ``(text, voice)``, in order.
+
+        With the fork server, requests are pipelined: synthesis overlaps the caller's work.
+        """
+        reqs = (self._prepare(t, v) for t, v in utts)
         if self.backend == "subprocess":
-            samples = self._synth_subprocess(*args)
+            pairs: Iterable = ((r, self._synth_subprocess(*r)) for r in reqs)
+        elif self._server is not None:
+            if self._server.pid != os.getpid():  # we were forked: pipes belong to the parent
+                self._server = _get_server() or self._server
+            pairs = self._server.synth_iter(reqs)
         else:
-            if self._server is not None:
-                if self._server.pid != os.getpid():  # we were forked: get this process's own server
-                    self._server = _get_server() or self._server
-                pcm = self._server.synth(*args)
-            else:
-                with _LOCK:
-                    pcm = self._lib.synth(*args)
+            pairs = ((r, self._synth_locked(*r)) for r in reqs)
+        for req, pcm in pairs:
             if pcm is None:
-                raise TTSError(
-                    f"espeak-ng has no voice {voice.name!r}; list them with `espeak-ng --voices=en`"
-                )
-            samples = np.frombuffer(pcm, dtype="<i2")
-        if samples.size == 0:
-            raise TTSError(f"espeak-ng produced no audio for {text[:40]!r} (voice {voice.name})")
-        return samples
+                raise TTSError(f"espeak-ng has no voice {req[1]!r}; list them with `espeak-ng --voices=en`")
+            samples = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes) else pcm
+            if samples.size == 0:
+                raise TTSError(f"espeak-ng produced no audio for {req[0][:40]!r} (voice {req[1]})")
+            yield samples
+
+    def _synth_locked(self, text: str, name: str, rate: int, pitch: int) -> bytes | None:
+        with _LOCK:
+            return self._lib.synth(text, name, rate, pitch)
 
     def _synth_subprocess(self, text: str, name: str, rate: int, pitch: int) -> np.ndarray:
         cmd = [self._exe, "-v", name, "-s", str(rate), "-p", str(pitch), "--stdout", "--", text]
@@ -407,15 +441,21 @@ class EspeakEngine:
         samples, self.native_rate = _parse_wav_stream(proc.stdout)
         return samples
 
+    def synth_native(self, text: str, voice: Voice) -> np.ndarray:
+        """``[n]`` int16 samples at ``native_rate`` (22050 Hz for espeak-ng)."""
+        return list(self.synth_native_iter([(text, voice)]))[0]
+
+    def synth_iter(
+        self, utts: Iterable[tuple[str, Voice]], sample_rate: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """``[n]`` float32 in [-1, 1] at ``sample_rate`` (default ``self.sample_rate``), in order."""
+        rate = sample_rate or self.sample_rate
+        for pcm in self.synth_native_iter(utts):
+            yield to_mono_16k(pcm.astype(np.float32) / 32768.0, self.native_rate, rate, name="tts")
+
     def synth(self, text: str, voice: Voice) -> np.ndarray:
         """``[n]`` float32 in [-1, 1] at ``self.sample_rate``."""
-        pcm = self.synth_native(text, voice).astype(np.float32) / 32768.0
-        return to_mono_16k(pcm, self.native_rate, self.sample_rate, name=f"tts:{voice.name}")
-
-    def synth_16k(self, text: str, voice: Voice) -> np.ndarray:
-        """Same as :meth:`synth` but always at 16 kHz, whatever ``sample_rate`` is."""
-        pcm = self.synth_native(text, voice).astype(np.float32) / 32768.0
-        return to_mono_16k(pcm, self.native_rate, SAMPLE_RATE, name=f"tts:{voice.name}")
+        return list(self.synth_iter([(text, voice)]))[0]
 
 
 # ------------------------------------------------------------------------------------ caching
@@ -435,43 +475,30 @@ def cache_key(engine_name: str, text: str, voice: Voice, noise_snr_db: float | N
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
-def synthesize_cached(
-    engine: TTSEngine,
-    text: str,
-    voice: Voice,
-    cache_dir: str | os.PathLike,
-    noise_snr_db: float | None = None,
-    seed: int = 0,
-) -> Path:
-    """Synthesise once into ``cache_dir/<k[:2]>/<k>.wav`` (16 kHz PCM16) and return the path.
+def _cache_path(engine: TTSEngine, cache_dir: str | os.PathLike, job: SynthJob) -> tuple[Path, str]:
+    key = cache_key(
+        getattr(engine, "name", type(engine).__name__), job.text, job.voice, job.noise_snr_db, job.seed
+    )
+    return Path(cache_dir) / key[:2] / f"{key}.wav", key
 
-    The file name is the :func:`cache_key`, so a second run (or another process) reuses it and any
-    change in text/voice/noise/seed/engine makes a new file. Noise is white Gaussian at
-    ``noise_snr_db``, drawn from an RNG seeded by the key: reproducible, yet different per
-    utterance even when ``seed`` is the same. Writes are atomic (tmp + ``os.replace``).
+
+def _is_cached(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 44
+
+
+def _store(path: Path, key: str, wav: np.ndarray, rate: int, noise_snr_db: float | None) -> None:
+    """Resample to 16 kHz, add seeded noise, write PCM16 atomically.
+
+    Noise is white Gaussian at ``noise_snr_db`` from an RNG seeded by the cache key: reproducible,
+    yet different per utterance even when ``seed`` is the same. The WAV is built in memory and
+    ``os.replace``-d into place: not ``xopd.data.audio.save_wav``, whose libsndfile flush syncs to
+    disk (~3 ms a file); a cache entry can be regenerated, so atomicity is enough.
     """
-    name = getattr(engine, "name", type(engine).__name__)
-    key = cache_key(name, text, voice, noise_snr_db, seed)
-    path = Path(cache_dir) / key[:2] / f"{key}.wav"
-    if path.is_file() and path.stat().st_size > 44:
-        return path
-    rate = int(engine.sample_rate)
-    wav = np.asarray(engine.synth(text, voice), dtype=np.float32)
+    wav = np.asarray(wav, dtype=np.float32)
     if rate != SAMPLE_RATE:
-        wav = to_mono_16k(wav, rate, SAMPLE_RATE, name=f"tts:{voice.name}")
+        wav = to_mono_16k(wav, rate, SAMPLE_RATE, name=str(path))
     if noise_snr_db is not None:
         wav = add_noise(wav, float(noise_snr_db), np.random.default_rng(int(key[:16], 16)))
-    _write_wav_atomic(path, wav)
-    return path
-
-
-def _write_wav_atomic(path: Path, wav: np.ndarray) -> None:
-    """PCM16 WAV via an in-memory buffer, then tmp + ``os.replace``.
-
-    Not ``xopd.data.audio.save_wav``: libsndfile's flush on a real file syncs to disk (~3 ms per
-    file, half the cost of synthesis); a cache entry can always be regenerated, so atomicity
-    (no half-written file is ever visible) is enough here.
-    """
     buf = io.BytesIO()
     sf.write(buf, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -481,19 +508,49 @@ def _write_wav_atomic(path: Path, wav: np.ndarray) -> None:
             f.write(buf.getvalue())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
 @dataclass(frozen=True)
 class SynthJob:
-    """One utterance to synthesise (what :func:`synthesize_cached` takes, minus engine/dir)."""
+    """One utterance to synthesise: what :func:`synthesize_cached` takes, minus engine and dir."""
 
     text: str
     voice: Voice
     noise_snr_db: float | None = None
     seed: int = 0
+
+
+def synthesize_cached(
+    engine: TTSEngine,
+    text: str,
+    voice: Voice,
+    cache_dir: str | os.PathLike,
+    noise_snr_db: float | None = None,
+    seed: int = 0,
+) -> Path:
+    """Synthesise once into ``cache_dir/<k[:2]>/<k>.wav`` (16 kHz mono PCM16); return the path.
+
+    ``k`` is the :func:`cache_key`, so a second run (or another process) reuses the file and any
+    change of text/voice/noise/seed/engine makes a new one.
+    """
+    job = SynthJob(text, voice, noise_snr_db, seed)
+    path, key = _cache_path(engine, cache_dir, job)
+    if not _is_cached(path):
+        _store(path, key, engine.synth(text, voice), int(engine.sample_rate), noise_snr_db)
+    return path
+
+
+def _run_jobs(engine: TTSEngine, jobs: Sequence[SynthJob], cache_dir: str | os.PathLike) -> int:
+    """Synthesise ``jobs`` (all uncached) in order, pipelined where the engine can; return count."""
+    utts = [(j.text, j.voice) for j in jobs]
+    wavs = engine.synth_iter(utts) if hasattr(engine, "synth_iter") else (engine.synth(t, v) for t, v in utts)
+    for job, wav in zip(jobs, wavs):
+        path, key = _cache_path(engine, cache_dir, job)
+        _store(path, key, wav, int(engine.sample_rate), job.noise_snr_db)
+    return len(jobs)
 
 
 def synthesize_many(
@@ -504,54 +561,46 @@ def synthesize_many(
     desc: str = "tts",
     workers: int = 1,
 ) -> list[Path]:
-    """:func:`synthesize_cached` over many jobs; returns paths in job order.
+    """:func:`synthesize_cached` over many jobs; returns the paths in job order.
 
-    Cached jobs are skipped up front (a re-run costs one ``stat`` per file). ``workers > 1``
-    synthesises the rest in that many processes, each with its own espeak-ng (the C library is
-    one global per process, so threads would only queue on the lock); only for
-    :class:`EspeakEngine`, other engines run in-process.
+    Cached jobs are skipped up front (a re-run costs one ``stat`` per file). ``workers > 1`` runs
+    chunks in that many processes, each with its own espeak-ng (the C library is one global per
+    process, so threads would only queue); only for :class:`EspeakEngine`.
     """
-    jobs_list: Sequence[SynthJob] = list(jobs)
-    name = getattr(engine, "name", type(engine).__name__)
-    root = Path(cache_dir)
-    paths = [
-        root / k[:2] / f"{k}.wav"
-        for k in (cache_key(name, j.text, j.voice, j.noise_snr_db, j.seed) for j in jobs_list)
-    ]
-    todo = [i for i, p in enumerate(paths) if not (p.is_file() and p.stat().st_size > 44)]
+    jobs_list = list(jobs)
+    paths = [_cache_path(engine, cache_dir, j)[0] for j in jobs_list]
+    todo = list(dict.fromkeys(j for j, p in zip(jobs_list, paths) if not _is_cached(p)))  # de-duplicated
+    chunks = [todo[i : i + 32] for i in range(0, len(todo), 32)]
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=desc, unit="utt")
-    if workers > 1 and len(todo) >= 64 and isinstance(engine, EspeakEngine):
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-        args = [(root, jobs_list[i]) for i in todo]
-        with ctx.Pool(workers, _pool_init, (engine.sample_rate, engine.backend)) as pool:
-            for _ in pool.imap_unordered(_pool_run, args, chunksize=16):
+    if workers > 1 and len(chunks) > 1 and isinstance(engine, EspeakEngine):
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        init = (engine.sample_rate, engine.backend, str(cache_dir))
+        with ctx.Pool(min(workers, len(chunks)), _pool_init, init) as pool:
+            for n in pool.imap_unordered(_pool_run, chunks):
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(n)
     else:
-        for i in todo:
-            j = jobs_list[i]
-            synthesize_cached(engine, j.text, j.voice, root, j.noise_snr_db, j.seed)
+        for chunk in chunks:
+            n = _run_jobs(engine, chunk, cache_dir)
             if bar is not None:
-                bar.update(1)
+                bar.update(n)
     if bar is not None:
         bar.close()
     return paths
 
 
-_POOL_ENGINE: EspeakEngine | None = None
+_POOL: tuple[EspeakEngine, str] | None = None
 
 
-def _pool_init(sample_rate: int, backend: str) -> None:
-    global _POOL_ENGINE
-    _POOL_ENGINE = EspeakEngine(sample_rate, backend)
+def _pool_init(sample_rate: int, backend: str, cache_dir: str) -> None:
+    global _POOL
+    _POOL = (EspeakEngine(sample_rate, backend), cache_dir)
 
 
-def _pool_run(arg: tuple[Path, SynthJob]) -> Path:
-    root, j = arg
-    assert _POOL_ENGINE is not None
-    return synthesize_cached(_POOL_ENGINE, j.text, j.voice, root, j.noise_snr_db, j.seed)
+def _pool_run(chunk: list[SynthJob]) -> int:
+    assert _POOL is not None
+    return _run_jobs(_POOL[0], chunk, _POOL[1])

@@ -27,10 +27,14 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     from xopd.config import add_help_for
     from xopd.world.pipeline import DemoConfig
 
-    p = sub.add_parser("demo", help="the embedded default: mini world, modality gap, X-OPD, Table 1",
-                       description="Build the mini world from nothing (espeak-ng speech, a text teacher, a "
-                       "speech student), run X-OPD and print the paper's Table 1 in miniature. Stages are "
-                       "cached under --output_dir; a re-run redoes only what changed.",
-                       epilog=DEMO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="the embedded default: mini world, modality gap, X-OPD, Table 1",
+        description="Build the mini world from nothing (espeak-ng speech, a text teacher, a "
+        "speech student), run X-OPD and print the paper's Table 1 in miniature. Stages are "
+        "cached under --output_dir; a re-run redoes only what changed.",
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_help_for(p, DemoConfig)
     handlers["demo"] = cmd_demo

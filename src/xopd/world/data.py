@@ -23,20 +23,25 @@ from xopd.world.tasks import WorldItem, make_split
 class WorldSizes:
     """Items per task and split. ``train`` problems are unique within the split too."""
 
-    train: dict[str, int] = field(default_factory=lambda: {"reasoning": 600, "instruct": 600,
-                                                           "audio_only": 500, "asr": 500})
-    test: dict[str, int] = field(default_factory=lambda: {"reasoning": 100, "instruct": 100,
-                                                          "audio_only": 100, "asr": 60})
-    heldout: dict[str, int] = field(default_factory=lambda: {"reasoning": 100, "instruct": 100,
-                                                             "audio_only": 100, "asr": 60})
+    train: dict[str, int] = field(
+        default_factory=lambda: {"reasoning": 600, "instruct": 600, "audio_only": 500, "asr": 500}
+    )
+    test: dict[str, int] = field(
+        default_factory=lambda: {"reasoning": 100, "instruct": 100, "audio_only": 100, "asr": 60}
+    )
+    heldout: dict[str, int] = field(
+        default_factory=lambda: {"reasoning": 100, "instruct": 100, "audio_only": 100, "asr": 60}
+    )
     unseen_template: dict[str, int] = field(default_factory=lambda: {"reasoning": 60, "instruct": 60})
 
     @classmethod
     def quick(cls) -> WorldSizes:
-        return cls(train={"reasoning": 12, "instruct": 12, "audio_only": 8, "asr": 8},
-                   test={"reasoning": 4, "instruct": 4, "audio_only": 4, "asr": 4},
-                   heldout={"reasoning": 4, "instruct": 4, "audio_only": 4, "asr": 4},
-                   unseen_template={"reasoning": 2, "instruct": 2})
+        return cls(
+            train={"reasoning": 12, "instruct": 12, "audio_only": 8, "asr": 8},
+            test={"reasoning": 4, "instruct": 4, "audio_only": 4, "asr": 4},
+            heldout={"reasoning": 4, "instruct": 4, "audio_only": 4, "asr": 4},
+            unseen_template={"reasoning": 2, "instruct": 2},
+        )
 
     def of(self, split: str) -> dict[str, int]:
         return getattr(self, split)
@@ -67,8 +72,13 @@ def item_to_row(item: WorldItem, audio_rel: str) -> dict:
     return row
 
 
-def build_world_data(root: str | os.PathLike, sizes: WorldSizes, seed: int = 0, progress: bool = True,
-                     workers: int | None = None) -> dict[str, Path]:
+def build_world_data(
+    root: str | os.PathLike,
+    sizes: WorldSizes,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, Path]:
     """Write ``root/{split}.jsonl`` manifests with audio under ``root/audio`` (content-keyed cache).
 
     Returns ``{split: manifest path}``. Re-running reuses every cached utterance.
@@ -81,7 +91,9 @@ def build_world_data(root: str | os.PathLike, sizes: WorldSizes, seed: int = 0, 
     for split in SPLITS:
         items = make_split(split, sizes.of(split), seed=seed, unique=True)
         jobs = [SynthJob(it.speak, it.voice, it.noise_snr_db, it.seed) for it in items]
-        paths = synthesize_many(engine, jobs, audio_root, progress=progress, desc=f"tts {split}", workers=workers)
+        paths = synthesize_many(
+            engine, jobs, audio_root, progress=progress, desc=f"tts {split}", workers=workers
+        )
         rows = [item_to_row(it, os.path.relpath(p, root)) for it, p in zip(items, paths, strict=True)]
         manifest = root / f"{split}.jsonl"
         atomic_write_text(manifest, "".join(json.dumps(r) + "\n" for r in rows))

@@ -18,22 +18,31 @@ BENCHES = ("reasoning", "instruct")
 EVAL_SPLITS = ("test", "heldout", "unseen_template")
 
 
-def _score(model, examples: Sequence[Example], view: str, max_new_tokens: int, batch_size: int,
-           desc: str) -> dict[str, float]:
+def _score(
+    model, examples: Sequence[Example], view: str, max_new_tokens: int, batch_size: int, desc: str
+) -> dict[str, float]:
     if not examples:
         return {}
     resp = generate(model, examples, view, max_new_tokens, batch_size, progress=True, desc=desc)
     return score_responses(examples, resp)
 
 
-def evaluate_student(model, split_examples: Sequence[Example], teacher_T: dict[str, float],
-                     max_new_tokens: int, batch_size: int, name: str) -> dict:
+def evaluate_student(
+    model,
+    split_examples: Sequence[Example],
+    teacher_T: dict[str, float],
+    max_new_tokens: int,
+    batch_size: int,
+    name: str,
+) -> dict:
     """S/T per benchmark, Avg. Drop vs the teacher, audio-only accuracy and ASR WER for one split."""
     bench = [e for e in split_examples if e.task in BENCHES]
     audio = [e for e in split_examples if e.task in ("audio_only", "asr")]
     s = _score(model, bench + audio, "S", max_new_tokens, batch_size, f"{name} S")
     t = _score(model, bench, "T", max_new_tokens, batch_size, f"{name} T")
-    out: dict = {b: {"S": s.get(b, 0.0), "T": t.get(b, 0.0)} for b in BENCHES if any(e.task == b for e in bench)}
+    out: dict = {
+        b: {"S": s.get(b, 0.0), "T": t.get(b, 0.0)} for b in BENCHES if any(e.task == b for e in bench)
+    }
     present = [b for b in BENCHES if b in out]
     out["avg_drop_S"] = avg_drop(teacher_T, {b: out[b]["S"] for b in present}, present)
     out["avg_drop_T"] = avg_drop(teacher_T, {b: out[b]["T"] for b in present}, present)
@@ -44,8 +53,13 @@ def evaluate_student(model, split_examples: Sequence[Example], teacher_T: dict[s
     return out
 
 
-def evaluate_world(teacher_dir: str | Path, students: dict[str, str | Path], splits: dict[str, list[Example]],
-                   max_new_tokens: int = 48, batch_size: int = 64) -> dict:
+def evaluate_world(
+    teacher_dir: str | Path,
+    students: dict[str, str | Path],
+    splits: dict[str, list[Example]],
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+) -> dict:
     """``{"teacher": {BENCH: {"T"}}, "teacher_by_split": ..., "models": {name: {split: ...}}}``."""
     teacher = load_teacher(teacher_dir)
     teacher_by_split = {}
@@ -61,6 +75,7 @@ def evaluate_world(teacher_dir: str | Path, students: dict[str, str | Path], spl
         models[name] = {}
         for sp in EVAL_SPLITS:
             base = {b: v["T"] for b, v in teacher_by_split[sp].items()}
-            models[name][sp] = evaluate_student(model, splits.get(sp, []), base, max_new_tokens, batch_size,
-                                                f"{name} {sp}")
+            models[name][sp] = evaluate_student(
+                model, splits.get(sp, []), base, max_new_tokens, batch_size, f"{name} {sp}"
+            )
     return {"teacher": teacher_by_split["test"], "teacher_by_split": teacher_by_split, "models": models}

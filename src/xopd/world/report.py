@@ -28,36 +28,52 @@ def _drop(x: float | None) -> str:
 def table_md(report: dict, split: str) -> str:
     """One split as a Markdown table: rows = models, columns = S/T per benchmark, dS, dT, forgetting."""
     teacher = report["teacher_by_split"].get(split, {})
-    head = ["model"] + [f"{b} {v}" for b in BENCHES for v in ("S", "T")] + ["dS", "dT", "audio-only", "ASR WER"]
+    head = (
+        ["model"] + [f"{b} {v}" for b in BENCHES for v in ("S", "T")] + ["dS", "dT", "audio-only", "ASR WER"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| teacher (text) | " + " | ".join(f"— | {_pct(teacher.get(b, {}).get('T'))}" for b in BENCHES)
-                 + " | — | — | — | — |")
+    lines.append(
+        "| teacher (text) | "
+        + " | ".join(f"— | {_pct(teacher.get(b, {}).get('T'))}" for b in BENCHES)
+        + " | — | — | — | — |"
+    )
     for name, per_split in report["models"].items():
         r = per_split.get(split, {})
         cells = [f"{_pct(r.get(b, {}).get('S'))} | {_pct(r.get(b, {}).get('T'))}" for b in BENCHES]
         wer = r.get("asr_wer")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_drop(r.get('avg_drop_S'))} | "
-                     f"{_drop(r.get('avg_drop_T'))} | {_pct(r.get('audio_only_acc'))} | "
-                     f"{'—' if wer is None else f'{wer:.3f}'} |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {_drop(r.get('avg_drop_S'))} | "
+            f"{_drop(r.get('avg_drop_T'))} | {_pct(r.get('audio_only_acc'))} | "
+            f"{'—' if wer is None else f'{wer:.3f}'} |"
+        )
     return "\n".join(lines)
 
 
 def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None) -> None:
     """report.json, report.md and gap.png under ``root``; prints the tables."""
     atomic_write_text(root / "report.json", json.dumps(report, indent=2, default=str))
-    parts = ["# xopd demo: the modality gap and X-OPD closing it (mini world)\n",
-             "Accuracy in %, Avg. Drop dS/dT in % against the text teacher on the same split "
-             "(DESIGN.md section 4). audio-only = forgetting probe (S only); ASR scored by WER.\n"]
-    for split, title in (("test", "Test (in-distribution voices)"),
-                         ("heldout", "Held-out (unseen voices and noise)"),
-                         ("unseen_template", "Unseen templates (information: a tiny teacher generalises poorly)")):
+    parts = [
+        "# xopd demo: the modality gap and X-OPD closing it (mini world)\n",
+        "Accuracy in %, Avg. Drop dS/dT in % against the text teacher on the same split "
+        "(DESIGN.md section 4). audio-only = forgetting probe (S only); ASR scored by WER.\n",
+    ]
+    for split, title in (
+        ("test", "Test (in-distribution voices)"),
+        ("heldout", "Held-out (unseen voices and noise)"),
+        ("unseen_template", "Unseen templates (information: a tiny teacher generalises poorly)"),
+    ):
         if split in report["teacher_by_split"]:
             parts += [f"\n## {title}\n", table_md(report, split), ""]
-    parts.append("\nPaper, Table 1 (BIG Bench Audio, for orientation): "
-                 + "; ".join(f"{k} {v}" for k, v in PAPER_TABLE1.items()))
+    parts.append(
+        "\nPaper, Table 1 (BIG Bench Audio, for orientation): "
+        + "; ".join(f"{k} {v}" for k, v in PAPER_TABLE1.items())
+    )
     secs = report.get("stage_seconds", {})
-    parts.append("\n\nStage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
-                 + f"; total {report.get('seconds', 0):.0f} s; peak RSS {report.get('peak_rss_mb', 0):.0f} MB")
+    parts.append(
+        "\n\nStage seconds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
+        + f"; total {report.get('seconds', 0):.0f} s; peak RSS {report.get('peak_rss_mb', 0):.0f} MB"
+    )
     md = "\n".join(parts) + "\n"
     atomic_write_text(root / "report.md", md)
     print(md)
@@ -77,8 +93,9 @@ def plot_gap(path: Path, report: dict, metrics_path: Path | None) -> None:
     x = 0
     for b in BENCHES:
         t = report["teacher_by_split"]["test"].get(b, {}).get("T", 0)
-        bars = [("teacher T", t)] + [(f"{n} {v}", report["models"][n]["test"].get(b, {}).get(v, 0))
-                                      for n in names for v in ("S", "T")]
+        bars = [("teacher T", t)] + [
+            (f"{n} {v}", report["models"][n]["test"].get(b, {}).get(v, 0)) for n in names for v in ("S", "T")
+        ]
         for i, (lab, val) in enumerate(bars):
             ax.bar(x + i * width, 100 * val, width, color=f"C{i}", label=lab if b == BENCHES[0] else None)
         labels.append((x + width * len(bars) / 2, b))

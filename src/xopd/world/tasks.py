@@ -176,7 +176,12 @@ def split_of(key: str) -> str:
 
 
 def _voice(
-    rng: random.Random, split: str, *, rate: tuple = RATE_NORMAL, pitch: tuple = PITCH_NORMAL, gender: str | None = None
+    rng: random.Random,
+    split: str,
+    *,
+    rate: tuple = RATE_NORMAL,
+    pitch: tuple = PITCH_NORMAL,
+    gender: str | None = None,
 ) -> Voice:
     variants = HELDOUT_VARIANTS if split == "heldout" else TRAIN_VARIANTS
     if gender is not None:
@@ -272,7 +277,9 @@ def _one(task: str, split: str, rng: random.Random) -> tuple[WorldItem, str]:
     return item, key
 
 
-def generate_items(task: str, split: str, n: int, seed: int = 0, unique: bool | None = None) -> list[WorldItem]:
+def generate_items(
+    task: str, split: str, n: int, seed: int = 0, unique: bool | None = None
+) -> list[WorldItem]:
     """``n`` items of one task for one split, deterministic in ``seed``.
 
     ``unique`` (default: True except for ``train``, which samples fresh problems with replacement)
@@ -291,7 +298,9 @@ def generate_items(task: str, split: str, n: int, seed: int = 0, unique: bool | 
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 1000:
-            raise DataError(f"{split}/{task}: only {len(out)} unique items exist (asked {n}); lower n_per_task")
+            raise DataError(
+                f"{split}/{task}: only {len(out)} unique items exist (asked {n}); lower n_per_task"
+            )
         item, key = _one(task, split, rng)
         if split != "unseen_template" and split_of(key) != split:
             continue
@@ -305,12 +314,19 @@ def generate_items(task: str, split: str, n: int, seed: int = 0, unique: bool | 
     return out
 
 
-def make_split(split: str, n_per_task: dict[str, int], seed: int = 0, unique: bool | None = None) -> list[WorldItem]:
+def make_split(
+    split: str, n_per_task: dict[str, int], seed: int = 0, unique: bool | None = None
+) -> list[WorldItem]:
     """Items of every task in ``n_per_task`` (e.g. ``{"reasoning": 200, "asr": 100}``), in TASKS order."""
     unknown = set(n_per_task) - set(TASKS)
     if unknown:
         raise DataError(f"n_per_task has unknown task(s) {sorted(unknown)}; expected {', '.join(TASKS)}")
-    return [it for t in TASKS if n_per_task.get(t, 0) > 0 for it in generate_items(t, split, n_per_task[t], seed, unique)]
+    return [
+        it
+        for t in TASKS
+        if n_per_task.get(t, 0) > 0
+        for it in generate_items(t, split, n_per_task[t], seed, unique)
+    ]
 
 
 def _literals() -> list[str]:

@@ -76,8 +76,9 @@ class _Stream:
     """Endless fresh training problems: chunks of ``generate_items(train)`` with chunk-dependent seeds,
     mixed so that a ``reasoning_frac`` share of every batch is reasoning (the harder task)."""
 
-    def __init__(self, tok, seed: int, reasoning_frac: float, kind_weights: dict | None = None,
-                 chunk: int = 512) -> None:
+    def __init__(
+        self, tok, seed: int, reasoning_frac: float, kind_weights: dict | None = None, chunk: int = 512
+    ) -> None:
         self.tok, self.seed, self.frac, self.chunk = tok, seed, reasoning_frac, chunk
         w = dict(kind_weights or {})
         self.accept = {k: v / max(w.values()) for k, v in w.items()} if w else {}
@@ -132,7 +133,9 @@ def evaluate_teacher(model: TextLM, items, batch_size: int = 64) -> dict:
     for it, r in zip(items, resp, strict=True):
         s = score_item(it.task, r, it.answer)
         acc[it.task].append(s)
-        kind = it.template.split("/")[1] if it.task == "instruct" else f"{it.reference.count(' is ') - 1}-step"
+        kind = (
+            it.template.split("/")[1] if it.task == "instruct" else f"{it.reference.count(' is ') - 1}-step"
+        )
         kinds[f"{it.task}/{kind}"].append(s)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     return {"accuracy": {t: mean(v) for t, v in acc.items()}, "per_kind": {k: mean(v) for k, v in sorted(kinds.items())},
@@ -195,7 +198,9 @@ def train_teacher(
     ``threads`` sets ``torch.set_num_threads`` for the run (restored after).
     """
     if minutes_budget <= 0 or batch < 1 or not 0 <= reasoning_frac <= 1:
-        raise ConfigError("train_teacher: minutes_budget > 0, batch >= 1 and 0 <= reasoning_frac <= 1 are required")
+        raise ConfigError(
+            "train_teacher: minutes_budget > 0, batch >= 1 and 0 <= reasoning_frac <= 1 are required"
+        )
     _silence_hf()
     cfg = {k: v for k, v in locals().items() if k not in ("out_dir", "progress", "threads")}
     old_threads = torch.get_num_threads()
@@ -250,7 +255,9 @@ def train_teacher(
                 eval_s += time.perf_counter() - te
                 curve.append({"step": step, "seconds": round(time.perf_counter() - t0, 1),
                               **{t: round(a, 3) for t, a in acc.items()}})  # fmt: skip
-                bar.write(f"teacher step {step}: loss {ema:.3f} " + " ".join(f"{t} {a:.2f}" for t, a in acc.items()))
+                bar.write(
+                    f"teacher step {step}: loss {ema:.3f} " + " ".join(f"{t} {a:.2f}" for t, a in acc.items())
+                )
                 if all(acc.get(t, 0.0) >= target_acc for t in TEACHER_TASKS):
                     stopped = "target"
                     break

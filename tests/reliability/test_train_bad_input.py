@@ -161,3 +161,18 @@ def test_subprocess_train_errors_have_no_traceback(tiny_world, data_dir, tmp_pat
     )
     res = run_xopd(*train_argv(tiny_world, tmp_path / "run", 1, manifest=str(man)))
     assert res.returncode == 1 and "no usable rows" in one_line_error(res.stderr)
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["demo", "--xopd_stepz", "3"], "unknown key 'xopd_stepz'"),
+        (["demo", "--xopd_steps", "many"], "'xopd_steps' must be int"),
+        (["demo", "--encoder", "gpt"], "'encoder' must be one of"),
+    ],
+)
+def test_demo_config_errors_are_one_line(argv, expect, capsys):
+    """`xopd demo` (being built elsewhere) shares the config machinery: same one-line errors, exit 2."""
+    pytest.importorskip("xopd.world.pipeline")
+    assert main(argv) == 2
+    assert expect in one_line_error(capsys.readouterr().err)

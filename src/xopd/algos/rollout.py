@@ -120,7 +120,7 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]
     tok = torch.searchsorted(cdf, u[:, None].to(cdf.dtype) * total, right=True)
-    last = torch.searchsorted(cdf, total, right=False)  # first index whose cdf reaches the total
+    last = torch.searchsorted(cdf, total.contiguous(), right=False)  # first index whose cdf reaches the total
     return torch.minimum(tok, last).squeeze(1)
 
 
@@ -245,5 +245,5 @@ def response_logprobs(
     logits = response_logits(model, prompts, ids, mask)
     if vocab_limit is not None and vocab_limit < logits.shape[-1]:
         logits = logits[..., :vocab_limit]
-    lp = gather_logprobs(logits, ids, temperature=temperature, chunk_size=chunk_size or None)
+    lp = gather_logprobs(logits, ids, temperature=temperature, chunk_size=chunk_size or None, mask=mask)
     return torch.where(mask, lp, torch.zeros_like(lp))

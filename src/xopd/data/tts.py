@@ -238,7 +238,7 @@ class _ForkServer:
             [sys.executable, "-I", "-c", src], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, bufsize=0,
         )  # fmt: skip
-        self.pid, self.lock = os.getpid(), threading.Lock()
+        self.pid, self.lock, self.owner = os.getpid(), threading.Lock(), None
         if hasattr(fcntl, "F_SETPIPE_SZ"):  # a whole utterance fits: the child never waits on us
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
@@ -266,8 +266,10 @@ class _ForkServer:
         No deadlock: we only ever block reading replies, except when writing a request, and the
         requests in flight (<= _WINDOW x _MAX_CHARS x 4 bytes) always fit the 64 KiB stdin pipe.
         """
+        if self.owner == threading.get_ident():
+            raise RuntimeError("nested espeak synthesis in one thread: finish the running synth_iter first")
         with self.lock:
-            pending: deque[tuple] = deque()
+            self.owner, pending = threading.get_ident(), deque()
             try:
                 for r in reqs:
                     msg = json.dumps(
@@ -282,6 +284,7 @@ class _ForkServer:
             finally:
                 for _ in range(len(pending)):  # abandoned midway: drain so the pipe stays in sync
                     self._reply()
+                self.owner = None
 
     def _check(self, req: tuple) -> tuple[tuple, bytes | None]:
         status, payload = self._reply()
@@ -547,7 +550,7 @@ def _run_jobs(engine: TTSEngine, jobs: Sequence[SynthJob], cache_dir: str | os.P
     """Synthesise ``jobs`` (all uncached) in order, pipelined where the engine can; return count."""
     utts = [(j.text, j.voice) for j in jobs]
     wavs = engine.synth_iter(utts) if hasattr(engine, "synth_iter") else (engine.synth(t, v) for t, v in utts)
-    for job, wav in zip(jobs, wavs):
+    for job, wav in zip(jobs, wavs, strict=True):  # strict: runs the generator to its end
         path, key = _cache_path(engine, cache_dir, job)
         _store(path, key, wav, int(engine.sample_rate), job.noise_snr_db)
     return len(jobs)

@@ -66,7 +66,20 @@ class DemoConfig:
     eval_batch: int = field(64, help="evaluation batch size")
 
     def validate(self) -> None:
-        pass
+        from xopd.errors import ConfigError
+
+        for key in ("threads", "stack", "stage1_batch", "xopd_batch", "xopd_n", "max_new_tokens", "eval_batch",
+                    "xopd_eval_prompts"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"demo: '{key}' must be >= 1, got {getattr(self, key)}")
+        for key in ("align_steps", "sft_steps", "xopd_steps", "teacher_steps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"demo: '{key}' must be >= 0, got {getattr(self, key)}")
+        for key in ("align_lr", "sft_lr", "xopd_lr", "teacher_minutes"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"demo: '{key}' must be > 0, got {getattr(self, key)}")
+        if not 0.0 <= self.xopd_lam <= 1.0:
+            raise ConfigError(f"demo: 'xopd_lam' must be in [0, 1], got {self.xopd_lam}")
 
     def quick_version(self) -> DemoConfig:
         return replace(

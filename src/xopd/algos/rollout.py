@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from xopd.algos.fast_decode import fast_decoder
 from xopd.losses import gather_logprobs
 from xopd.models.base import PolicyModel, PromptBatch, position_ids_from_mask
 
@@ -73,6 +74,18 @@ def derive_seed(*parts: int) -> int:
         h = (h * 0x94D049BB133111EB) & MASK64
         h ^= h >> 29
     return h >> 1
+
+
+class StepGenerator(torch.Generator):
+    """The trainer's per-step generator; ``prompt_seeds`` holds one seed per example of the current
+    micro-batch, derived from (seed, step, position in the global batch).
+
+    Algorithms that sample pass these on (``sample(row_seeds=...)``) so every prompt's samples are
+    independent of batching and of the rank it runs on; code that ignores them still gets an
+    ordinary seeded ``torch.Generator``.
+    """
+
+    prompt_seeds: list[int] | None = None
 
 
 def row_noise(row_seeds: Sequence[int], n: int, steps: int, device: torch.device | None = None) -> torch.Tensor:
@@ -137,6 +150,7 @@ def sample(
     vocab_limit: int | None = None,
     row_seeds: Sequence[int] | None = None,
     static_cache: bool = True,
+    fast_decode: bool = True,
 ) -> Rollout:
     """Sample ``n`` responses for every prompt with a KV cache (``temperature == 0``: greedy).
 
@@ -144,7 +158,8 @@ def sample(
     padded student vocabulary can never emit an id the teacher cannot score).
     ``row_seeds`` (one int per prompt): draw each response's randomness from its own prompt's seed
     (see :func:`row_noise`) instead of ``generator``, so results do not depend on how prompts are
-    batched or split across ranks. ``static_cache``: preallocate the KV cache (faster, same values).
+    batched or split across ranks. ``static_cache``: preallocate the KV cache (faster, same values);
+    ``fast_decode``: with it, decode Llama-family models with :mod:`xopd.algos.fast_decode`.
     """
     batch = prompts.repeat_interleave(n)
     num, width = batch.embeds.shape[:2]
@@ -177,6 +192,10 @@ def sample(
                                              cache=cache, use_cache=True, logits_to_keep=1)
     else:
         logits, cache = model.forward_embeds(batch.embeds, attn, use_cache=True, logits_to_keep=1)
+    dec = None
+    if static and fast_decode:
+        positions = next_pos + torch.arange(max_new_tokens, device=device)[None, :]
+        dec = fast_decoder(model.causal_lm(), cache, positions)
     finished = torch.zeros(num, dtype=torch.bool, device=device)
     ids, masks, logps = [], [], []
     for t in range(max_new_tokens):
@@ -203,7 +222,10 @@ def sample(
         if t == max_new_tokens - 1 or bool(finished.all()):
             break
         emb = model.embed_tokens(tok[:, None])
-        if static:
+        if dec is not None:
+            step_mask[..., width + t] = 0.0
+            logits = dec.step(emb[:, 0], t, width + t, step_mask[..., : width + t + 1])[:, None]
+        elif static:
             step_mask[..., width + t] = 0.0
             logits, cache = model.forward_embeds(emb, step_mask, position_ids=next_pos, cache=cache, use_cache=True)
         else:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.rollout import response_logits, response_logprobs, sample
+from xopd.algos.rollout import derive_seed, response_logits, response_logprobs, sample
 from xopd.data.manifest import Example
 from xopd.losses import (
     advantage,
@@ -32,10 +32,26 @@ from xopd.losses import (
 )
 from xopd.models.alignment import assert_same_response_length
 
+VIEW_STREAM = {"S": 0, "T": 1}
+
 
 def view_weights(lam: float) -> list[tuple[str, float]]:
     """[(view, weight)] with zero-weight views dropped: S carries 1 - lam, T carries lam."""
     return [(v, w) for v, w in (("S", 1.0 - lam), ("T", lam)) if w > 0.0]
+
+
+def view_row_seeds(generator: torch.Generator, views: list[tuple[str, float]]) -> list[int] | None:
+    """Per-prompt sampling seeds for the rollout's prompt order (views x examples), or None.
+
+    The trainer's step generator carries ``prompt_seeds`` (one per example, from (seed, step, global
+    position)); each view gets its own stream, so a prompt's S and T samples are independent and do not
+    depend on which rank or micro-batch it is in. Plain generators (direct callers) give None:
+    ``sample`` then draws from the generator itself.
+    """
+    seeds = getattr(generator, "prompt_seeds", None)
+    if seeds is None:
+        return None
+    return [derive_seed(s, VIEW_STREAM[view]) for view, _ in views for s in seeds]
 
 
 class XOPD(Algorithm):
@@ -55,13 +71,14 @@ class XOPD(Algorithm):
         with torch.no_grad():
             s_batch = student.embed_prompts(s_prompts)
             ro = sample(student, s_batch, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                        generator, vocab_limit=self.vocab_limit)
+                        generator, vocab_limit=self.vocab_limit, row_seeds=view_row_seeds(generator, views),
+                        fast_decode=getattr(cfg, "fast_decode", True))
             # 2. teacher scores the same token ids given T
             t_batch = teacher.embed_prompts(t_prompts).repeat_interleave(n)
             direct = cfg.loss != "pg"
             if direct:
                 t_logits = response_logits(teacher, t_batch, ro.ids, ro.mask)[..., : self.vocab_limit]
-                t_lp = gather_logprobs(t_logits, ro.ids)
+                t_lp = gather_logprobs(t_logits, ro.ids, chunk_size=cfg.logprob_chunk or None, mask=ro.mask)
             else:
                 t_lp = response_logprobs(teacher, t_batch, ro.ids, ro.mask, vocab_limit=self.vocab_limit,
                                          chunk_size=cfg.logprob_chunk)
@@ -72,13 +89,15 @@ class XOPD(Algorithm):
         s_logits = response_logits(student, s_train, ro.ids, ro.mask)[..., : self.vocab_limit]
         s_lp = gather_logprobs(s_logits, ro.ids, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk or None)
         mask = ro.mask
+        chunk = cfg.logprob_chunk or None
         if direct:
             if cfg.loss == "reverse_kl":
-                per_tok = reverse_kl(s_logits, t_logits, mask, temperature=cfg.temperature)
+                per_tok = reverse_kl(s_logits, t_logits, mask, temperature=cfg.temperature, chunk_size=chunk)
             elif cfg.loss == "jsd":
-                per_tok = generalized_jsd(s_logits, t_logits, mask, beta=cfg.jsd_beta, temperature=cfg.temperature)
+                per_tok = generalized_jsd(s_logits, t_logits, mask, beta=cfg.jsd_beta, temperature=cfg.temperature,
+                                          chunk_size=chunk)
             else:
-                per_tok = forward_kl_topk(s_logits, t_logits, mask, k=cfg.topk)
+                per_tok = forward_kl_topk(s_logits, t_logits, mask, k=cfg.topk, chunk_size=chunk)
             adv = advantage(t_lp, ro.logprobs, mask, estimator="k1")  # logged only
         else:
             adv = advantage(t_lp, ro.logprobs, mask, estimator=cfg.estimator)

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,13 @@ def save_checkpoint(
     scheduler,
     trainer_state: dict[str, Any],
     keep_last: int = 3,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``checkpoint-{step}`` atomically, then prune to the newest ``keep_last``."""
+    """Write ``checkpoint-{step}`` atomically, then prune to the newest ``keep_last``.
+
+    ``optimizer=None`` skips ``optimizer.pt`` (FSDP2 runs keep it in ``dcp/``); ``extra(tmp)`` writes
+    further parts (LoRA adapter, sharded state) into the temp folder before it is sealed.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"checkpoint-{step}"
@@ -102,7 +108,10 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     model.save_pretrained(str(tmp / "model"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if extra is not None:
+        extra(tmp)
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2, default=str))
@@ -149,8 +158,9 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int) -> None:
 
 
 def load_training_state(ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG from ``ckpt``; return its trainer_state dict."""
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    """Restore optimizer (unless None), scheduler and RNG from ``ckpt``; return its trainer_state dict."""
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
     return json.loads((ckpt / STATE_FILE).read_text())

@@ -94,6 +94,13 @@ class TrainConfig:
     logprob_chunk: int = field(0, help="rows per chunk for log-softmax over the vocab (0 = no chunking)")
     cache_encoder: bool = field(True, help="memoise frozen audio-encoder outputs per clip (saves recompute)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward to save memory")
+    autocast_bf16: bool = field(True, help="on CUDA, run forwards under bf16 autocast (weights/optimizer stay "
+                                "in dtype); ignored on CPU, which has no fast bf16")
+    distributed: str = field("none", choices=("none", "ddp", "fsdp2"),
+                             help="data parallel under torchrun: ddp (replicated student) or fsdp2 (sharded "
+                             "student); batch_size stays the global prompts per step")
+    fast_decode: bool = field(True, help="rollouts with a preallocated KV cache and a lean decode step for "
+                              "Llama-family LMs (same tokens and log-probs up to float rounding)")
     trust_remote_code: bool = field(False, help="allow model code from model directories (off: safer)")
     progress: bool = field(True, help="show a progress bar")
     report_to: str = field("jsonl,tensorboard", help="comma list of jsonl, tensorboard, wandb")

@@ -5,8 +5,10 @@ a loss by the algorithm (rollouts included). Around it: which parameters train, 
 NaN/inf guards, metrics, the eval hook, atomic checkpoints and exact resume.
 
 Exact resume: the data order is a seeded permutation per epoch, sampling uses a generator seeded by
-(seed, step), and checkpoints hold weights, optimizer, scheduler and RNG states — so a run that is
-killed and resumed produces the same subsequent losses and weights as one that was not.
+(seed, step) plus per-prompt seeds from (seed, step, position in the step's global batch), and
+checkpoints hold weights, optimizer, scheduler and RNG states — so a run that is killed and resumed
+produces the same subsequent losses and weights as one that was not. The per-prompt seeds also make
+an N-process run (``distributed: ddp|fsdp2``, see ``distributed.py``) sample what 1 process does.
 """
 
 from __future__ import annotations
@@ -22,14 +24,32 @@ from typing import Any
 import torch
 
 from xopd.algos import get_algorithm
+from xopd.algos.rollout import StepGenerator, derive_seed
 from xopd.data.manifest import Example, read_manifest
 from xopd.errors import ConfigError, XopdError
 from xopd.eval.kl import measure_reverse_kl
 from xopd.models import check_tokenizer_alignment, load_student, load_teacher
 from xopd.models.base import PolicyModel
-from xopd.training.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from xopd.training.checkpoint import latest_checkpoint
 from xopd.training.config import TrainConfig
+from xopd.training.distributed import (
+    NullLogger,
+    clip_grad_norm,
+    full_params,
+    init_distributed,
+    load_training_checkpoint,
+    reduce_step_metrics,
+    save_training_checkpoint,
+    sync_grads,
+    wrap_student,
+)
 from xopd.training.logging import MetricsLogger
+from xopd.training.memory import (
+    apply_lora,
+    autocast_context,
+    enable_gradient_checkpointing,
+    mark_checkpointed_layers,
+)
 
 
 class DataOrder:
@@ -70,6 +90,9 @@ def configure_trainable(student: PolicyModel, cfg: TrainConfig) -> list[torch.nn
         student.freeze(encoder=not cfg.train_encoder, projector=not cfg.train_projector, lm=not cfg.train_lm)
     elif cfg.train_lm:
         student.causal_lm().requires_grad_(True)
+    if cfg.lora_r > 0 and cfg.train_lm:  # LoRA: only the adapters of the LM train, the base stays frozen
+        for name, p in student.causal_lm().named_parameters():
+            p.requires_grad_("lora_" in name)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("config: nothing to train for this student (check train_lm/train_encoder/train_projector)")
@@ -153,6 +176,12 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
+    dist_ctx = init_distributed(cfg.distributed, device)
+    device = dist_ctx.device or device
+    if cfg.batch_size % (cfg.micro_batch_size * dist_ctx.world):
+        raise ConfigError(f"config: 'batch_size' ({cfg.batch_size}) must be a multiple of micro_batch_size x "
+                          f"processes ({cfg.micro_batch_size} x {dist_ctx.world})")
+    lora = cfg.lora_r > 0
 
     if examples is None:
         if not cfg.manifest:
@@ -168,7 +197,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and ckpt is None:
         print(f"[xopd] --resume: no checkpoint in {out}, starting fresh", file=sys.stderr)
-    student = load_student(ckpt / "model" if ckpt else cfg.student_path, dtype=dtype,
+    # LoRA resumes from the base + the checkpoint's adapter (model/ holds merged weights, for eval)
+    student = load_student(ckpt / "model" if ckpt and not lora else cfg.student_path, dtype=dtype,
                            trust_remote_code=cfg.trust_remote_code).to(device)
     teacher = None
     algo_cls = get_algorithm(cfg.algo)
@@ -180,21 +210,26 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     if cfg.cache_encoder and not cfg.train_encoder and hasattr(student, "enable_encoder_cache"):
         student.enable_encoder_cache()
     student.eval()  # dropout off: the ratio pi/pi_old must be exactly 1 at the first update
+    if lora:
+        apply_lora(student, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
     if cfg.gradient_checkpointing:
-        student.causal_lm().gradient_checkpointing_enable()
-    params = configure_trainable(student, cfg)
+        enable_gradient_checkpointing(student)
+    configure_trainable(student, cfg)
+    replicated = wrap_student(student, dist_ctx)  # fsdp2: shards the LM; returns params to all-reduce
+    params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
     state: dict[str, Any] = {"nonfinite_total": 0, "data": {"epoch": 0, "index": 0}}
     start = 0
     if ckpt is not None:
-        state = load_training_state(ckpt, optimizer, scheduler)
+        state = load_training_checkpoint(ckpt, student, optimizer, scheduler, dist_ctx, lora)
         start = int(state["step"])
         print(f"[xopd] resumed from {ckpt} at step {start}", file=sys.stderr)
     order = DataOrder(len(examples), cfg.seed, **state["data"])
     algo = algo_cls(cfg, student, teacher, vocab_limit)
-    logger = MetricsLogger(out, cfg.report_to, resume_step=start if ckpt else None, run_config=asdict(cfg))
+    logger = (MetricsLogger(out, cfg.report_to, resume_step=start if ckpt else None, run_config=asdict(cfg))
+              if dist_ctx.is_main else NullLogger())
 
     def run_eval(step: int) -> None:
         if teacher is None or not eval_examples:
@@ -202,16 +237,17 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
         views = ["S", "T"] if any(e.audio or e.waveform is not None for e in eval_examples) else ["T"]
         res: dict[str, float] = {}
         for v in views:
-            res.update(measure_reverse_kl(student, teacher, eval_examples, view=v, n=1,
-                                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                          seed=cfg.seed + 99, vocab_limit=vocab_limit,
-                                          max_audio_seconds=cfg.max_audio_seconds))
+            with full_params(student):  # every rank evaluates (same numbers); rank 0 logs
+                res.update(measure_reverse_kl(student, teacher, eval_examples, view=v, n=1,
+                                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                              seed=cfg.seed + 99, vocab_limit=vocab_limit,
+                                              max_audio_seconds=cfg.max_audio_seconds))
         logger.log(step, res)
 
     if start == 0:
         run_eval(0)
     bar = None
-    if cfg.progress:
+    if cfg.progress and dist_ctx.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=start, desc=f"xopd {cfg.algo}", dynamic_ncols=True)
@@ -221,21 +257,38 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     with _StopFlag() as stop:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            gen = StepGenerator()
+            gen.manual_seed(cfg.seed * 1_000_003 + step + 7_919 * dist_ctx.rank)
             optimizer.zero_grad(set_to_none=True)
             agg: dict[str, float] = {}
             tokens = gen_tokens = 0
             loss_total = 0.0
-            for _ in range(cfg.grad_accum):
-                batch = [examples[i] for i in order.take(cfg.micro_batch_size)]
-                outp = algo.step(batch, gen)
-                (outp.loss / cfg.grad_accum).backward()
-                loss_total += float(outp.loss.detach()) / cfg.grad_accum
+            # the step's GLOBAL batch, in the 1-process order; this rank takes a contiguous slice
+            global_idx = order.take(cfg.batch_size)
+            per_rank = cfg.batch_size // dist_ctx.world
+            accum = per_rank // cfg.micro_batch_size
+            for a in range(accum):
+                lo = dist_ctx.rank * per_rank + a * cfg.micro_batch_size
+                positions = range(lo, lo + cfg.micro_batch_size)
+                batch = [examples[global_idx[p]] for p in positions]
+                gen.prompt_seeds = [derive_seed(cfg.seed, step, p) for p in positions]
+                if cfg.gradient_checkpointing:
+                    mark_checkpointed_layers(student)
+                with autocast_context(device, cfg.autocast_bf16):
+                    outp = algo.step(batch, gen)
+                (outp.loss / accum).backward()
+                loss_total += float(outp.loss.detach()) / accum
                 tokens += outp.tokens
                 gen_tokens += outp.generated_tokens
                 for k, v in outp.metrics.items():
-                    agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                    agg[k] = agg.get(k, 0.0) + v / accum
+            if dist_ctx.enabled:
+                sync_grads(replicated, dist_ctx)
+                red = reduce_step_metrics({**agg, "loss": loss_total, "tokens": tokens, "gen_tokens": gen_tokens},
+                                          dist_ctx, sums=("tokens", "gen_tokens"))
+                loss_total, tokens, gen_tokens = red.pop("loss"), int(red.pop("tokens")), int(red.pop("gen_tokens"))
+                agg = red
+            grad_norm = clip_grad_norm(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"), dist_ctx)
             finite = math.isfinite(loss_total) and bool(torch.isfinite(grad_norm))
             if finite:
                 optimizer.step()
@@ -261,6 +314,7 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
                                 rkl=f"{agg.get('reverse_kl', 0):.3f}", tok_s=f"{metrics['tok_s']:.0f}")
             if nonfinite_run >= cfg.max_nonfinite_steps:
                 logger.close()
+                dist_ctx.close()
                 raise FloatingPointError(
                     f"{nonfinite_run} updates in a row had NaN/inf loss or gradients, starting at step "
                     f"{nonfinite_first + 1}; lower lr, check the data, or raise max_nonfinite_steps"
@@ -270,9 +324,9 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
             if cfg.eval_every and step % cfg.eval_every == 0 and not done:
                 run_eval(step)
             if step % cfg.save_every == 0 or done or stop.signum is not None:
-                save_checkpoint(out, step, student, optimizer, scheduler,
-                                {**state, "config": asdict(cfg), "elapsed": time.perf_counter() - t_run},
-                                keep_last=cfg.keep_last)
+                save_training_checkpoint(out, step, student, optimizer, scheduler,
+                                         {**state, "config": asdict(cfg), "elapsed": time.perf_counter() - t_run},
+                                         cfg.keep_last, dist_ctx, lora)
             if stop.signum is not None:
                 print(f"[xopd] signal {stop.signum}: saved checkpoint-{step}, exiting", file=sys.stderr)
                 break
@@ -281,6 +335,7 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     if step == cfg.max_steps:
         run_eval(step)
     logger.close()
+    dist_ctx.close()
     if stop.signum is not None and step < cfg.max_steps:
         raise TrainingInterrupted(stop.signum, step, out)
     return out

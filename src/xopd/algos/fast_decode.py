@@ -1,0 +1,146 @@
+"""A lean decode step for Llama-family causal LMs (Llama, Qwen2, Qwen3, Mistral without sliding window).
+
+Why: at the sizes that fit a CPU (and for small models on any device) one decode step is bound by
+per-call framework overhead, not FLOPs: the HF forward runs ~40 small ops per layer plus mask and
+cache bookkeeping, and ``F.linear`` on a few rows is up to 2-3x slower than a matmul against a
+pre-transposed weight. This module runs the same math with
+  * q/k/v and gate/up fused into one matmul each, weights pre-transposed once per rollout,
+  * the KV cache preallocated (it reuses the ``StaticCache`` tensors the HF prefill filled),
+  * rotary cos/sin for every decode position computed once, before the loop,
+  * attention only over the slots written so far (a strided view of the cache).
+Norms, rotary tables and activations are the model's own modules, so variants (rope scaling, eps,
+activation) stay exact; the logits agree with the HF forward to float rounding (tested).
+
+Anything it does not recognise (other architectures, LoRA-wrapped or sharded weights, sliding
+windows, logit soft-capping) makes :func:`fast_decoder` return None and the caller uses HF's path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def _plain_linear(m: nn.Module) -> bool:
+    return type(m) is nn.Linear and type(m.weight.data) is torch.Tensor
+
+
+def _supported(lm: nn.Module) -> bool:
+    cfg = getattr(lm, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
+        return False
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", cfg.model_type == "mistral"):
+        return False
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return False
+    base = getattr(lm, "model", None)
+    layers = getattr(base, "layers", None)
+    head = getattr(lm, "lm_head", None)
+    if layers is None or head is None or not _plain_linear(head):
+        return False
+    for layer in layers:
+        att, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        names = [(att, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        names += [(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]
+        if att is None or mlp is None or not all(_plain_linear(getattr(m, n, None)) for m, n in names):
+            return False
+    return True
+
+
+def _cat_bias(*mods: nn.Linear) -> torch.Tensor | None:
+    if all(m.bias is None for m in mods):
+        return None
+    return torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in mods])
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+class FastDecoder:
+    """Decode one token per call for a batch, writing into preallocated key/value tensors.
+
+    ``keys[i]``/``values[i]``: layer i's ``[B, KV, T, hd]`` cache (prefill already written into
+    slots ``< start``); ``positions [B, steps]``: the position id of each decode step's token.
+    """
+
+    def __init__(self, lm: nn.Module, keys: list[torch.Tensor], values: list[torch.Tensor],
+                 positions: torch.Tensor) -> None:
+        base = lm.model
+        cfg = lm.config
+        self.keys, self.values = keys, values
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        first = base.layers[0].self_attn
+        self.head_dim = first.head_dim
+        self.scale = first.scaling
+        self.layers = []
+        with torch.no_grad():
+            for layer in base.layers:
+                att, mlp = layer.self_attn, layer.mlp
+                self.layers.append({
+                    "ln1": layer.input_layernorm,
+                    "ln2": layer.post_attention_layernorm,
+                    "q_norm": getattr(att, "q_norm", None),
+                    "k_norm": getattr(att, "k_norm", None),
+                    "wqkv": torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).t().contiguous(),
+                    "bqkv": _cat_bias(att.q_proj, att.k_proj, att.v_proj),
+                    "wo": att.o_proj.weight.t().contiguous(),
+                    "bo": att.o_proj.bias,
+                    "wgu": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous(),
+                    "bgu": _cat_bias(mlp.gate_proj, mlp.up_proj),
+                    "wd": mlp.down_proj.weight.t().contiguous(),
+                    "bd": mlp.down_proj.bias,
+                    "act": mlp.act_fn,
+                })
+            self.norm = base.norm
+            self.w_lm = lm.lm_head.weight.t().contiguous()
+            self.b_lm = lm.lm_head.bias
+            dummy = self.w_lm.new_zeros(1, 1, 1)
+            cos, sin = base.rotary_emb(dummy, positions)  # [B, steps, hd]
+        self.cos, self.sin = cos[:, :, None, :], sin[:, :, None, :]  # [B, steps, 1, hd]
+
+    @staticmethod
+    def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return torch.addmm(b, x, w) if b is not None else x @ w
+
+    @torch.no_grad()
+    def step(self, emb: torch.Tensor, t: int, slot: int, mask: torch.Tensor) -> torch.Tensor:
+        """``emb [B, D]`` of decode step ``t`` written at cache ``slot``; ``mask [B, 1, 1, slot + 1]``
+        additive. Returns next-token logits ``[B, V]``."""
+        b = emb.shape[0]
+        h, kv, hd = self.heads, self.kv_heads, self.head_dim
+        cos, sin = self.cos[:, t], self.sin[:, t]
+        x = emb
+        for i, p in enumerate(self.layers):
+            y = p["ln1"](x)
+            qkv = self._mm(y, p["wqkv"], p["bqkv"]).view(b, h + 2 * kv, hd)
+            q, k, v = qkv[:, :h], qkv[:, h : h + kv], qkv[:, h + kv :]
+            if p["q_norm"] is not None:
+                q, k = p["q_norm"](q), p["k_norm"](k)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            self.keys[i][:, :, slot] = k
+            self.values[i][:, :, slot] = v
+            keys, values = self.keys[i][:, :, : slot + 1], self.values[i][:, :, : slot + 1]
+            att = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask,
+                                                 scale=self.scale, enable_gqa=h != kv)
+            x = x + self._mm(att.reshape(b, h * hd), p["wo"], p["bo"])
+            y = p["ln2"](x)
+            gu = self._mm(y, p["wgu"], p["bgu"])
+            half = gu.shape[-1] // 2
+            x = x + self._mm(p["act"](gu[:, :half]) * gu[:, half:], p["wd"], p["bd"])
+        return self._mm(self.norm(x), self.w_lm, self.b_lm)
+
+
+def fast_decoder(lm: nn.Module, cache, positions: torch.Tensor) -> FastDecoder | None:
+    """A :class:`FastDecoder` over a filled ``StaticCache``, or None when the model is not supported."""
+    if not _supported(lm) or torch.is_grad_enabled():
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(getattr(ly, "is_initialized", False) for ly in layers):
+        return None
+    return FastDecoder(lm, [ly.keys for ly in layers], [ly.values for ly in layers], positions)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv/ with the CPU torch pinned first, then xopd with its test extras,
+# Idempotent set-up: .venv/ with the CPU torch pinned first, then xopd with its test + demo extras,
 # then espeak-ng + sox from apt when we are root and they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
   # torch first and alone: with no torch present an unpinned requirement would pull a CUDA build.
   .venv/bin/python -m pip install -q "$TORCH_PIN"
   # repeat the pin on the same line so the resolver cannot swap torch.
-  .venv/bin/python -m pip install -q "$TORCH_PIN" -e ".[test]"
+  .venv/bin/python -m pip install -q "$TORCH_PIN" -e ".[test,demo]"
   echo "$want" > "$STAMP"
 fi
 if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then

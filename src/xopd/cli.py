@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    if rest and args.command not in ("train", "demo"):
+    if rest and args.command not in ("train", "demo", "reproduce"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(handlers[args.command](args, rest) or 0)

@@ -4,6 +4,7 @@ Users point xopd at a directory; they should not have to know which wrapper it n
 
 - ``xopd_config.json`` present            -> :class:`~xopd.models.speech_llm.SpeechLLM`
 - ``config.json`` with model_type ``qwen2_audio`` -> :class:`~xopd.models.qwen2_audio.Qwen2AudioStudent`
+- model_type ``qwen2_5_omni[_thinker]`` / ``qwen3_omni_moe[_thinker]`` -> :class:`~xopd.models.qwen_omni.OmniThinkerStudent`
 - any other ``config.json``               -> :class:`~xopd.models.text_lm.TextLM` (a text-only student)
 """
 
@@ -16,7 +17,8 @@ from pathlib import Path
 from xopd.errors import ModelError
 from xopd.models.base import PolicyModel
 
-SPEECH_LLM_TYPES = {"qwen2_audio": "qwen2_audio"}
+SPEECH_LLM_TYPES = {"qwen2_audio": "qwen2_audio", **{t: "qwen_omni" for t in (
+    "qwen2_5_omni", "qwen2_5_omni_thinker", "qwen3_omni_moe", "qwen3_omni_moe_thinker")}}
 
 
 def student_kind(path: str | os.PathLike) -> str:
@@ -62,6 +64,10 @@ def load_student(path: str | os.PathLike, *, trust_remote_code: bool = False, **
         from xopd.models.qwen2_audio import Qwen2AudioStudent
 
         return Qwen2AudioStudent.from_pretrained(path, trust_remote_code=trust_remote_code, **kw)
+    if kind == "qwen_omni":
+        from xopd.models.qwen_omni import OmniThinkerStudent
+
+        return OmniThinkerStudent.from_pretrained(path, trust_remote_code=trust_remote_code, **kw)
     from xopd.models.text_lm import TextLM
 
     return TextLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kw)

@@ -115,7 +115,13 @@ def find_smollm2_gguf() -> Path:
 def prepare_smollm2(cache: str | os.PathLike) -> Path:
     """``cache/smollm2-135m-instruct``: fp32 ``LlamaForCausalLM`` + tokenizer + chat template. Idempotent."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     out = Path(cache) / SMOLLM2_DIR
     if _done(out):

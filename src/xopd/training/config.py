@@ -63,6 +63,7 @@ class TrainConfig:
     weight_decay: float = field(0.0, help="AdamW weight decay")
     adam_beta1: float = field(0.9, help="AdamW beta1")
     adam_beta2: float = field(0.999, help="AdamW beta2")
+    adam_eps: float = field(1e-8, help="AdamW epsilon")
     warmup_steps: int = field(0, help="linear warm-up steps")
     lr_scheduler: str = field("constant", choices=("constant", "cosine", "linear"), help="after warm-up")
     max_grad_norm: float = field(1.0, help="gradient clipping (0 = off)")

@@ -269,6 +269,38 @@ class NullLogger:
         pass
 
 
+@contextlib.contextmanager
+def consolidated_state(student: nn.Module, ctx: DistContext) -> Iterator[None]:
+    """Inside, on rank 0, ``state_dict()`` of the student (and of any submodule) returns full tensors.
+
+    All ranks gather the full state (``get_model_state_dict``, offloaded to CPU on rank 0); a
+    state-dict hook on every module swaps its shards for the full copies, so the model's own
+    ``save_pretrained`` writes its usual layout (SpeechLLM: encoder/, lm/, projector) unchanged.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    handles = []
+    if ctx.is_main:
+        for fqn, mod in student.named_modules():
+            own = [n for n, _ in mod.named_parameters(recurse=False)] + [n for n, _ in mod.named_buffers(recurse=False)]
+            if not own:
+                continue
+
+            def hook(module, sd, prefix, meta, fqn=fqn, own=own):
+                for n in own:
+                    src = f"{fqn}.{n}" if fqn else n
+                    if prefix + n in sd and src in full:
+                        sd[prefix + n] = full[src]
+
+            handles.append(mod.register_state_dict_post_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def save_training_checkpoint(out: Path, step: int, student: nn.Module, optimizer, scheduler,
                              state: dict[str, Any], keep_last: int, ctx: DistContext, lora: bool) -> None:
     """Every rank calls this; rank 0 writes ``checkpoint-{step}`` (see module docstring for fsdp2)."""
@@ -288,7 +320,7 @@ def save_training_checkpoint(out: Path, step: int, student: nn.Module, optimizer
         for part in parts:
             part(tmp)
 
-    with full_params(student) if sharded else contextlib.nullcontext():
+    with consolidated_state(student, ctx) if sharded else contextlib.nullcontext():
         if ctx.is_main:
             with merged_state_dict():
                 save_checkpoint(out, step, student, None if sharded else optimizer, scheduler, state,

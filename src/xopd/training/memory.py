@@ -34,12 +34,27 @@ def _merged_state_hook(module, state_dict, prefix, local_metadata) -> None:
         return
     key = prefix + "base_layer.weight"
     if key in state_dict:
-        delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
-        state_dict[prefix + "weight"] = (state_dict.pop(key) + delta).detach()
+        state_dict[prefix + "weight"] = (state_dict.pop(key) + _delta(module, state_dict, prefix)).detach()
     if prefix + "base_layer.bias" in state_dict:
         state_dict[prefix + "bias"] = state_dict.pop(prefix + "base_layer.bias")
     for k in [k for k in state_dict if k.startswith(prefix + "lora_")]:
         del state_dict[k]
+
+
+def _delta(module, state_dict, prefix: str) -> torch.Tensor:
+    """sum_a scaling_a * B_a @ A_a, from the tensors already in ``state_dict`` (so it also works when
+    the live parameters are FSDP2 shards and the state dict holds consolidated copies)."""
+    delta = 0.0
+    for a in module.active_adapters:
+        lora_a = state_dict.get(f"{prefix}lora_A.{a}.weight")
+        lora_b = state_dict.get(f"{prefix}lora_B.{a}.weight")
+        if lora_a is None or lora_b is None:  # not a plain linear LoRA: let peft compute it
+            d = module.get_delta_weight(a)
+        else:
+            d = (lora_b.float() @ lora_a.float()) * module.scaling[a]
+            d = d.T if getattr(module, "fan_in_fan_out", False) else d
+        delta = delta + d
+    return delta
 
 
 def apply_lora(student, r: int, alpha: int, targets: str, seed: int = 0) -> None:

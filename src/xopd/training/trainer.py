@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     configure_trainable(student, cfg)
     replicated = wrap_student(student, dist_ctx)  # fsdp2: shards the LM; returns params to all-reduce
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                                   weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
     state: dict[str, Any] = {"nonfinite_total": 0, "data": {"epoch": 0, "index": 0}}

@@ -23,9 +23,34 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+REPRODUCE_EPILOG = """examples:
+  xopd reproduce                    # all rows x 3 seeds, reusing runs/demo's data/teacher/stage-1 student
+  xopd reproduce --quick --output_dir /tmp/rep --world_dir /tmp/rep-world   # seconds; smoke test
+  xopd reproduce --rows xopd_l05,gkd --seeds 0 --steps 100
+"""
+
+
+def cmd_reproduce(args: argparse.Namespace, rest: list[str]) -> int:
+    from xopd.config import build, overrides_from_namespace, parse_overrides
+    from xopd.world.reproduce import ReproduceConfig, run_reproduce
+
+    values = {**overrides_from_namespace(args, ReproduceConfig), **parse_overrides(rest)}
+    run_reproduce(build(ReproduceConfig, values, source="command line"))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
     from xopd.config import add_help_for
     from xopd.world.pipeline import DemoConfig
+    from xopd.world.reproduce import ReproduceConfig
+
+    p = sub.add_parser("reproduce", help="baselines vs X-OPD from one stage-1 student (paper Tables 1-3)",
+                       description="Run sft, offline_kd, gkd, grpo and X-OPD (lambda 0, 0.5, 1) from the same "
+                       "stage-1 student with the same data and budget, over seeds, with a learning-rate sweep; "
+                       "write runs/reproduce/report.{md,json} and plots.",
+                       epilog=REPRODUCE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_help_for(p, ReproduceConfig)
+    handlers["reproduce"] = cmd_reproduce
 
     p = sub.add_parser(
         "demo",

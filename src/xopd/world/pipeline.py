@@ -161,12 +161,23 @@ def build_student(cfg: DemoConfig, teacher_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Run (or reuse) every stage and write the report; returns report.json's content."""
+@dataclass
+class World:
+    """What stages data/teacher/stage1 produce; shared by ``xopd demo`` and ``xopd reproduce``."""
+
+    root: Path
+    split: dict[str, list]
+    teacher_dir: Path
+    student1: Path
+    teacher_report: dict
+    seconds: dict[str, float]
+    s1_key: str
+
+
+def prepare_world(cfg: DemoConfig) -> World:
+    """Stages 1-3 (data, teacher, stage-1 student), each reused when its inputs are unchanged."""
     import torch
 
-    if cfg.quick:
-        cfg = cfg.quick_version()
     torch.set_num_threads(cfg.threads)
     root = Path(cfg.output_dir)
     if cfg.fresh and root.exists():
@@ -204,7 +215,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         **({"final_n": 8, "eval_n": 8} if cfg.quick else {}),
     )
     seconds["teacher"] = time.perf_counter() - t0
-    teacher_key = _hash({"teacher": teacher_report.get("config_hash", teacher_report.get("steps"))})
+    from xopd.world.teacher import MARKER
+
+    teacher_key = _hash({"teacher": (teacher_dir / MARKER).read_text()})  # changes whenever it is retrained
 
     # 3. stage 1 ----------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -267,6 +280,17 @@ def run_demo(cfg: DemoConfig) -> dict:
         cache.mark("stage1", s1_key, {"student": str(student1)})
     seconds["stage1"] = time.perf_counter() - t0
 
+    return World(root, split, teacher_dir, student1, teacher_report, seconds, s1_key)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run (or reuse) every stage and write the report; returns report.json's content."""
+    if cfg.quick:
+        cfg = cfg.quick_version()
+    world = prepare_world(cfg)
+    root, split, teacher_dir, student1 = world.root, world.split, world.teacher_dir, world.student1
+    cache, seconds, s1_key, train = StageCache(root), world.seconds, world.s1_key, world.split["train"]
+
     # 4. X-OPD ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     x_key = _hash(
@@ -321,7 +345,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     report = {
         **results,
-        "teacher_training": teacher_report,
+        "teacher_training": world.teacher_report,
         "stage_seconds": seconds,
         "seconds": sum(seconds.values()),
         "peak_rss_mb": peak_mb,

@@ -1,0 +1,197 @@
+"""``xopd reproduce``: every algorithm from the same stage-1 student, same data, same budget.
+
+Rows (the paper's Tables 1-3): ``student_base`` (stage 1, untrained further), ``sft``, ``offline_kd``,
+``gkd``, ``grpo``, ``xopd_l0``, ``xopd_l05``, ``xopd_l1``. Each trained row gets the same number of
+optimizer steps and prompts per step; its learning rate is chosen by a small sweep on a dev set held
+back from the training split (shown in the report), then it is run over the seeds and evaluated on
+test and held-out, S and T. Wall-clock and tokens are reported per row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from xopd.config import field
+from xopd.training.logging import read_metrics
+from xopd.world.pipeline import (
+    BENCHES,
+    DemoConfig,
+    StageCache,
+    _final_model,
+    _hash,
+    _log,
+    _train_cfg,
+    prepare_world,
+)
+
+ROWS = ("student_base", "sft", "offline_kd", "gkd", "grpo", "xopd_l0", "xopd_l05", "xopd_l1")
+
+# Algorithm settings per row; every row shares steps, prompts per step and the data.
+ROW_SETTINGS: dict[str, dict] = {
+    "sft": {"algo": "sft", "sft_view": "S"},
+    "offline_kd": {"algo": "offline_kd", "sft_view": "S"},
+    "gkd": {"algo": "gkd", "gkd_lambda": 0.5, "gkd_beta": 0.0},
+    "grpo": {"algo": "grpo"},
+    "xopd_l0": {"algo": "xopd", "lam": 0.0},
+    "xopd_l05": {"algo": "xopd", "lam": 0.5},
+    "xopd_l1": {"algo": "xopd", "lam": 1.0},
+}
+
+
+@dataclass
+class ReproduceConfig(DemoConfig):
+    output_dir: str = field("runs/reproduce", help="where runs and the report go")
+    world_dir: str = field("runs/demo", help="data/teacher/stage-1 cache shared with `xopd demo`")
+    rows: str = field(",".join(ROWS[1:]), help="comma list of trained rows to run")
+    seeds: str = field("0,1,2", help="comma list of training seeds")
+    steps: int = field(60, help="optimizer steps for every trained row (same budget)")
+    batch: int = field(16, help="prompts per optimizer step for every trained row")
+    lr_grid: str = field("0.3,1,3", help="multipliers of each row's base lr tried in the sweep")
+    sft_base_lr: float = field(3e-4, help="base lr of sft / offline_kd / gkd")
+    rl_base_lr: float = field(2e-4, help="base lr of grpo / xopd")
+    dev_size: int = field(48, help="training items held back (per bench) to choose learning rates")
+
+    def quick_version(self) -> ReproduceConfig:
+        base = DemoConfig.quick_version(self)
+        return replace(base, rows="sft,xopd_l05", seeds="0,1", steps=2, batch=2, lr_grid="1", dev_size=2)  # type: ignore[return-value]
+
+
+def _mean_std(xs: list[float]) -> dict[str, float]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return {"mean": float("nan"), "std": float("nan")}
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return {"mean": m, "std": sd}
+
+
+def aggregate_runs(per_seed: list[dict]) -> dict:
+    """Mean/std over seeds of every metric of one row (``{split: {metric...}}`` per seed)."""
+    out: dict = {}
+    for split in ("test", "heldout"):
+        runs = [r[split] for r in per_seed if split in r]
+        if not runs:
+            continue
+        agg: dict = {}
+        for key in ("avg_drop_S", "avg_drop_T", "audio_only_acc", "asr_wer"):
+            agg[key] = _mean_std([r.get(key) for r in runs])
+        for b in BENCHES:
+            if any(b in r for r in runs):
+                agg[b] = {v: _mean_std([r[b][v] for r in runs if b in r]) for v in ("S", "T")}
+        out[split] = agg
+    return out
+
+
+def run_reproduce(cfg: ReproduceConfig) -> dict:
+    from xopd.world.evaluate import evaluate_student, evaluate_world
+    from xopd.world.report import write_reproduce_report
+
+    if cfg.quick:
+        cfg = cfg.quick_version()
+    t_start = time.perf_counter()
+    world_cfg = replace(cfg, output_dir=cfg.world_dir)
+    world = prepare_world(world_cfg)
+    out = Path(cfg.output_dir)
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(out)
+    train_all = [e for e in world.split["train"] if e.task in BENCHES]
+    dev = [e for b in BENCHES for e in [x for x in train_all if x.task == b][-cfg.dev_size:]]
+    dev_ids = {e.id for e in dev}
+    train = [e for e in train_all if e.id not in dev_ids]
+    seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
+    rows = [r for r in cfg.rows.split(",") if r.strip()]
+    unknown = set(rows) - set(ROW_SETTINGS)
+    if unknown:
+        from xopd.errors import ConfigError
+
+        raise ConfigError(f"reproduce: unknown row(s) {sorted(unknown)}; choose from {list(ROW_SETTINGS)}")
+
+    from xopd.models import load_teacher
+    from xopd.world.evaluate import _score
+
+    teacher = load_teacher(world.teacher_dir)
+    dev_teacher = _score(teacher, dev, "T", cfg.max_new_tokens, cfg.eval_batch, "teacher dev")
+    del teacher
+
+    def train_row(row: str, seed: int, lr: float) -> tuple[Path, dict]:
+        run_dir = out / "runs" / f"{row}-lr{lr:g}-s{seed}"
+        key = _hash({"row": row, "seed": seed, "lr": lr, "steps": cfg.steps, "batch": cfg.batch,
+                     "s1": world.s1_key, "n": cfg.xopd_n, "mnt": cfg.max_new_tokens})
+        model = _final_model(run_dir, cfg.steps)
+        if not cache.done(str(run_dir.relative_to(out)), key):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            from xopd.training.trainer import train as run_train
+
+            settings = dict(ROW_SETTINGS[row])
+            tcfg = _train_cfg(run_dir, student_path=str(world.student1), teacher_path=str(world.teacher_dir),
+                              n_samples=cfg.xopd_n, batch_size=cfg.batch, micro_batch_size=cfg.batch,
+                              max_steps=cfg.steps, lr=lr, max_new_tokens=cfg.max_new_tokens, seed=seed,
+                              threads=cfg.threads, kd_cache=str(out / "kd_cache.jsonl"), **settings)
+            _log(f"reproduce: {row} seed {seed} lr {lr:g}")
+            run_train(tcfg, examples=train)
+            cache.mark(str(run_dir.relative_to(out)), key, {"model": str(model)})
+        rows_m = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+        cost = {"seconds": sum(r.get("step_seconds", 0.0) for r in rows_m),
+                "tokens": sum(r.get("tokens", 0) for r in rows_m)}
+        return model, cost
+
+    def dev_drop(model_dir: Path) -> float:
+        from xopd.models import load_student
+
+        m = load_student(model_dir)
+        if hasattr(m, "enable_encoder_cache"):
+            m.enable_encoder_cache()
+        r = evaluate_student(m, dev, dev_teacher, cfg.max_new_tokens, cfg.eval_batch, "dev")
+        return r["avg_drop_S"]
+
+    # learning-rate sweep (seed = first seed), chosen by dev avg_drop_S
+    sweep: dict[str, dict] = {}
+    grid = [float(g) for g in cfg.lr_grid.split(",") if g.strip()]
+    for row in rows:
+        base = cfg.rl_base_lr if ROW_SETTINGS[row]["algo"] in ("grpo", "xopd") else cfg.sft_base_lr
+        tried = {}
+        for g in grid:
+            lr = base * g
+            model, _ = train_row(row, seeds[0], lr)
+            tried[f"{lr:g}"] = dev_drop(model) if len(grid) > 1 else float("nan")
+        best = min(tried, key=lambda k: tried[k] if tried[k] == tried[k] else math.inf) if len(grid) > 1 \
+            else next(iter(tried))
+        sweep[row] = {"tried": tried, "chosen_lr": float(best)}
+
+    # seeds x rows, evaluated on test and held-out
+    eval_splits = {k: v for k, v in world.split.items() if k in ("test", "heldout")}
+    per_row: dict[str, list[dict]] = {}
+    costs: dict[str, list[dict]] = {}
+    base_eval = evaluate_world(world.teacher_dir, {"student_base": world.student1}, eval_splits,
+                               cfg.max_new_tokens, cfg.eval_batch)
+    per_row["student_base"] = [base_eval["models"]["student_base"]]
+    for row in rows:
+        for seed in seeds:
+            model, cost = train_row(row, seed, sweep[row]["chosen_lr"])
+            res = evaluate_world(world.teacher_dir, {row: model}, eval_splits, cfg.max_new_tokens, cfg.eval_batch)
+            per_row.setdefault(row, []).append(res["models"][row])
+            costs.setdefault(row, []).append(cost)
+    report = {
+        "rows": {row: aggregate_runs(v) for row, v in per_row.items()},
+        "seeds": seeds,
+        "teacher": base_eval["teacher_by_split"],
+        "lr_sweep": sweep,
+        "cost": {row: {"seconds": _mean_std([c["seconds"] for c in cs]),
+                       "tokens": _mean_std([c["tokens"] for c in cs])} for row, cs in costs.items()},
+        "budget": {"steps": cfg.steps, "prompts_per_step": cfg.batch, "samples_per_prompt": cfg.xopd_n},
+        "seconds": time.perf_counter() - t_start,
+        "config": asdict(cfg),
+    }
+    write_reproduce_report(out, report)
+    return report
+
+
+def load_report(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

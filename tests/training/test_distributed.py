@@ -1,0 +1,122 @@
+"""Data-parallel training: 2 processes (torchrun, gloo, CPU) reproduce the 1-process run on the same
+global batch, for ddp and fsdp2, and an fsdp2 run resumes exactly from its distributed checkpoint.
+
+Why ``--adam_eps 1``: at the first Adam step the update is ``lr * g / (|g| + eps)``, i.e. ~``lr *
+sign(g)``; parameters whose true gradient is ~0 then move by a full ``lr`` in the direction of
+float-rounding noise, which differs between any two reduction orders (one process vs an all-reduce).
+A large eps makes the update proportional to the gradient, so equal gradients give equal weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xopd.algos.base import make_prompts
+from xopd.algos.rollout import sample
+from xopd.cli import main
+from xopd.data.manifest import read_manifest
+from xopd.models import load_student
+from xopd.training.logging import read_metrics
+
+STEPS = 3
+ARGS = ["--n_samples", "2", "--max_new_tokens", "6", "--batch_size", "4", "--micro_batch_size", "2",
+        "--lr", "1e-3", "--adam_eps", "1.0", "--progress", "false", "--report_to", "jsonl",
+        "--eval_prompts", "2", "--threads", "1", "--max_steps", str(STEPS), "--save_every", "1"]
+
+
+def _train_args(tiny_world, out: Path, *extra: str) -> list[str]:
+    return ["train", "--student_path", tiny_world["student"], "--teacher_path", tiny_world["teacher"],
+            "--manifest", tiny_world["manifest"], "--output_dir", str(out), *ARGS, *extra]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "xopd.cli", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
+
+
+def _weights(out: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
+    return load_file(str(out / f"checkpoint-{step}" / "model" / "lm" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def single(tiny_world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "single"
+    assert main(_train_args(tiny_world, out)) == 0
+    return out
+
+
+def _assert_matches(a: Path, b: Path, atol: float) -> None:
+    la, lb = _losses(a), _losses(b)
+    assert list(la) == list(lb) == list(range(1, STEPS + 1))
+    for s in la:
+        assert abs(la[s] - lb[s]) <= atol * max(1.0, abs(la[s])), f"step {s}: {la[s]} vs {lb[s]}"
+    wa, wb = _weights(a), _weights(b)
+    assert sorted(wa) == sorted(wb)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0, msg=f"weight {k}")
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_two_processes_match_one(kind, tiny_world, single, tmp_path):
+    out = tmp_path / kind
+    _torchrun(_train_args(tiny_world, out, "--distributed", kind))
+    _assert_matches(single, out, atol=1e-6)
+    ckpt = out / f"checkpoint-{STEPS}"
+    assert (ckpt / "dcp").is_dir() == (kind == "fsdp2")
+    assert (ckpt / "optimizer.pt").is_file() == (kind == "ddp")
+    assert load_student(ckpt / "model") is not None  # consolidated weights load like any checkpoint
+
+    if kind == "fsdp2":  # resume from the sharded checkpoint of step 1: steps 2..3 must be identical
+        part = tmp_path / "fsdp2-resumed"
+        shutil.copytree(out, part)
+        for s in range(2, STEPS + 1):
+            shutil.rmtree(part / f"checkpoint-{s}")
+        proc = _torchrun(_train_args(tiny_world, part, "--distributed", kind, "--resume"))
+        assert "resumed from" in proc.stderr
+        _assert_matches(out, part, atol=0.0)
+
+
+def test_row_seeded_sampling_is_independent_of_batch_split(tiny_world):
+    """The property that makes ranks agree: a prompt's tokens depend only on its own seed."""
+    student = load_student(tiny_world["student"]).eval()
+    examples, _ = read_manifest(tiny_world["manifest"])
+    batch = student.embed_prompts(make_prompts(examples[:4], "T"))
+    whole = sample(student, batch, 2, 8, row_seeds=[11, 12, 13, 14])
+    for lo, hi in ((0, 1), (1, 3), (3, 4)):
+        part = student.embed_prompts(make_prompts(examples[lo:hi], "T"))
+        ro = sample(student, part, 2, 8, row_seeds=[11, 12, 13, 14][lo:hi])
+        width = ro.ids.shape[1]
+        assert torch.equal(ro.ids, whole.ids[2 * lo : 2 * hi, :width])
+        torch.testing.assert_close(ro.logprobs, whole.logprobs[2 * lo : 2 * hi, :width], atol=1e-5, rtol=0)
+
+
+def test_fsdp2_without_torchrun_is_a_one_process_group(tiny_world, single, tmp_path):
+    """No torchrun environment: the same fsdp2 code path runs as a 1-process group, same numbers."""
+    out = tmp_path / "fsdp2-1proc"
+    assert main(_train_args(tiny_world, out, "--distributed", "fsdp2")) == 0
+    assert (out / f"checkpoint-{STEPS}" / "dcp").is_dir()
+    _assert_matches(single, out, atol=1e-6)
+    assert not torch.distributed.is_initialized()  # the group it created is gone again

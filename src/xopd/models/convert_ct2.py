@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from xopd.errors import ModelError
 
@@ -471,25 +470,11 @@ def encode_unpadded(
 
     input_features: [B, n_mels, T] -> [B, ceil(T/2), d_model]
     """
-    x = input_features
-    if lengths is not None:
-        x = x * (torch.arange(x.shape[-1], device=x.device) < lengths[:, None])[:, None].to(x.dtype)
-    x = F.gelu(encoder.conv1(x))
-    if lengths is not None:
-        x = x * (torch.arange(x.shape[-1], device=x.device) < lengths[:, None])[:, None].to(x.dtype)
-    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)
-    n = x.shape[1]
+    from xopd.models.encoder import AudioEncoder  # the one implementation of the unpadded forward
+
+    n = (input_features.shape[-1] + 1) // 2
     if n > encoder.embed_positions.num_embeddings:
         raise ModelError(
             f"{input_features.shape[-1]} mel frames exceed Whisper's {2 * encoder.embed_positions.num_embeddings}"
         )
-    x = x + encoder.embed_positions.weight[:n]
-    x = F.dropout(x, p=encoder.dropout, training=encoder.training)
-    mask = None
-    if lengths is not None:
-        valid = torch.arange(n, device=x.device) < (lengths[:, None] + 1) // 2  # [B, n]
-        mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
-        mask = mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :].expand(-1, 1, n, n)
-    for layer in encoder.layers:
-        x = layer(x, mask)
-    return encoder.layer_norm(x)
+    return AudioEncoder.from_module(encoder)(input_features, lengths)[0]

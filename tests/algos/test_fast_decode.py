@@ -4,6 +4,8 @@ q/k norms), and steps aside for anything else."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -20,10 +22,20 @@ def _model(kind: str) -> TextLM:
     tok = build_tiny_tokenizer()
     torch.manual_seed(0)
     extra = {"qwen2": {}, "qwen3": {"head_dim": 16}, "llama": {"attention_bias": True}}[kind]
-    cfg = AutoConfig.for_model(kind, vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                               tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
-                               eos_token_id=tok.eos_token_id, **extra)
+    cfg = AutoConfig.for_model(
+        kind,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        **extra,
+    )
     return TextLM(AutoModelForCausalLM.from_config(cfg).eval(), tok)
 
 
@@ -42,15 +54,48 @@ def test_fast_decode_matches_hf(kind):
         assert fast_decoder(model.lm, cache, torch.zeros(3, 4, dtype=torch.long)) is not None
 
 
-def test_fast_decode_steps_aside_for_wrapped_layers():
+def test_fast_decode_with_lora_and_steps_aside_for_dropout():
+    from peft import LoraConfig, inject_adapter_in_model
+
     from xopd.training.memory import apply_lora
 
     model = _model("llama")
-    batch = model.embed_prompts([Prompt(text="hello there")])
+    apply_lora(model, 2, 4, "q_proj,down_proj")
+    with torch.no_grad():  # non-zero B so the adapters matter
+        for n, p in model.lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    batch = model.embed_prompts([Prompt(text="hello there"), Prompt(text="count")])
+    ref = sample(model, batch, 2, 10, row_seeds=[4, 5], static_cache=False)
+    fast = sample(model, batch, 2, 10, row_seeds=[4, 5])
+    assert torch.equal(ref.ids, fast.ids)
+    torch.testing.assert_close(ref.logprobs, fast.logprobs, atol=2e-5, rtol=0)
     with torch.no_grad():
-        cache = _static_cache(model, 1, 16)
+        cache = _static_cache(model, 2, 24)
         model.forward_embeds(batch.embeds, batch.attention_mask, cache=cache, use_cache=True)
-        positions = torch.arange(4)[None]
+        positions = torch.arange(4)[None].repeat(2, 1)
         assert fast_decoder(model.lm, cache, positions) is not None
-        apply_lora(model, 2, 4, "q_proj")
-        assert fast_decoder(model.lm, cache, positions) is None
+        with warnings.catch_warnings():  # "already found a peft_config": a second adapter on purpose
+            warnings.simplefilter("ignore")
+            inject_adapter_in_model(LoraConfig(r=2, target_modules=["k_proj"], lora_dropout=0.1), model.lm)
+        assert fast_decoder(model.lm, cache, positions) is None  # dropout: leave it to the HF forward
+
+
+def test_decode_lanes_give_the_same_rollout():
+    """With >= 2 CPU threads and per-prompt seeds, prompts are decoded in concurrent single-threaded
+    lanes; the rollout must be exactly the one-lane rollout (ragged lengths padded back together)."""
+    model = _model("llama")
+    prompts = [Prompt(text=t) for t in ("one two", "red cat dog bird", "count", "what is five plus six")]
+    batch = model.embed_prompts(prompts)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sample(model, batch, 2, 10, row_seeds=[7, 8, 9, 10])
+        torch.set_num_threads(2)
+        two = sample(model, batch, 2, 10, row_seeds=[7, 8, 9, 10])
+        assert torch.get_num_threads() == 2  # restored after the lanes
+    finally:
+        torch.set_num_threads(threads)
+    for f in ("ids", "mask", "prompt_index", "ended"):
+        assert torch.equal(getattr(one, f), getattr(two, f)), f
+    torch.testing.assert_close(one.logprobs, two.logprobs, atol=1e-6, rtol=0)

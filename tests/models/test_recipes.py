@@ -28,9 +28,20 @@ def _tokenizer(extra: list[str]):
 
 
 def _text_cfg(tok, **kw) -> dict:
-    return dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False, **kw)
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        **kw,
+    )
 
 
 def _save_teacher(model, tok, out: Path) -> str:
@@ -43,8 +54,17 @@ def _save_teacher(model, tok, out: Path) -> str:
 
 
 def _audio_cfg(**kw) -> dict:
-    return dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=80,
-                max_source_positions=1500, n_window=50, output_dim=32, **kw)
+    return dict(
+        d_model=16,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        n_window=50,
+        output_dim=32,
+        **kw,
+    )
 
 
 def build_qwen2_audio(root: Path) -> tuple[str, str]:
@@ -135,8 +155,22 @@ def test_recipe_runs_one_xopd_step(recipe, build, tmp_path: Path, tiny_manifest:
 
     student, teacher = build(tmp_path)
     out = tmp_path / "run"
-    argv = ["train", "--config", str(CONFIGS / f"{recipe}.yaml"), "--student_path", student, "--teacher_path", teacher,
-            "--manifest", tiny_manifest, "--eval_manifest", tiny_manifest, "--output_dir", str(out), *ONE_STEP]
+    argv = [
+        "train",
+        "--config",
+        str(CONFIGS / f"{recipe}.yaml"),
+        "--student_path",
+        student,
+        "--teacher_path",
+        teacher,
+        "--manifest",
+        tiny_manifest,
+        "--eval_manifest",
+        tiny_manifest,
+        "--output_dir",
+        str(out),
+        *ONE_STEP,
+    ]
     assert main(argv) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     step = [r for r in rows if r.get("step") == 1 and "loss" in r][0]
@@ -147,7 +181,9 @@ def test_recipe_runs_one_xopd_step(recipe, build, tmp_path: Path, tiny_manifest:
     lm_b, lm_a = before.causal_lm().get_output_embeddings(), after.causal_lm().get_output_embeddings()
     assert not torch.equal(lm_b.weight, lm_a.weight)  # the backbone trained ...
     enc = [n for n, _ in before.named_parameters() if "audio_tower.layers.0" in n][0]
-    assert torch.equal(dict(before.named_parameters())[enc], dict(after.named_parameters())[enc])  # ... the tower not
+    assert torch.equal(
+        dict(before.named_parameters())[enc], dict(after.named_parameters())[enc]
+    )  # ... the tower not
 
 
 def test_recipes_are_valid_train_configs() -> None:
@@ -170,8 +206,18 @@ def test_vocab_mismatch_is_one_clear_line(tmp_path: Path, tiny_world, capsys) ->
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(LlamaConfig(**_text_cfg(other)))
     tdir = _save_teacher(teacher, other, tmp_path / "teacher")
-    argv = ["train", "--student_path", tiny_world["student"], "--teacher_path", tdir, "--manifest",
-            tiny_world["manifest"], "--output_dir", str(tmp_path / "run"), *ONE_STEP]
+    argv = [
+        "train",
+        "--student_path",
+        tiny_world["student"],
+        "--teacher_path",
+        tdir,
+        "--manifest",
+        tiny_world["manifest"],
+        "--output_dir",
+        str(tmp_path / "run"),
+        *ONE_STEP,
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("xopd train: error:") and "tokenizers disagree" in err and "teacher" in err

@@ -28,14 +28,48 @@ from xopd.models import load_student
 from xopd.training.logging import read_metrics
 
 STEPS = 3
-ARGS = ["--n_samples", "2", "--max_new_tokens", "6", "--batch_size", "4", "--micro_batch_size", "2",
-        "--lr", "1e-3", "--adam_eps", "1.0", "--progress", "false", "--report_to", "jsonl",
-        "--eval_prompts", "2", "--threads", "1", "--max_steps", str(STEPS), "--save_every", "1"]
+ARGS = [
+    "--n_samples",
+    "2",
+    "--max_new_tokens",
+    "6",
+    "--batch_size",
+    "4",
+    "--micro_batch_size",
+    "2",
+    "--lr",
+    "1e-3",
+    "--adam_eps",
+    "1.0",
+    "--progress",
+    "false",
+    "--report_to",
+    "jsonl",
+    "--eval_prompts",
+    "2",
+    "--threads",
+    "1",
+    "--max_steps",
+    str(STEPS),
+    "--save_every",
+    "1",
+]
 
 
 def _train_args(tiny_world, out: Path, *extra: str) -> list[str]:
-    return ["train", "--student_path", tiny_world["student"], "--teacher_path", tiny_world["teacher"],
-            "--manifest", tiny_world["manifest"], "--output_dir", str(out), *ARGS, *extra]
+    return [
+        "train",
+        "--student_path",
+        tiny_world["student"],
+        "--teacher_path",
+        tiny_world["teacher"],
+        "--manifest",
+        tiny_world["manifest"],
+        "--output_dir",
+        str(out),
+        *ARGS,
+        *extra,
+    ]
 
 
 def _free_port() -> int:
@@ -46,8 +80,16 @@ def _free_port() -> int:
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "xopd.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "xopd.cli",
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -21,15 +21,55 @@ from xopd.training.memory import (
     mark_checkpointed_layers,
 )
 
-ARGS = ["--n_samples", "2", "--max_new_tokens", "6", "--batch_size", "4", "--micro_batch_size", "2",
-        "--lr", "1e-2", "--progress", "false", "--report_to", "jsonl", "--eval_prompts", "2", "--threads", "1",
-        "--save_every", "2", "--lora_r", "4", "--lora_targets", "q_proj,v_proj"]
+ARGS = [
+    "--n_samples",
+    "2",
+    "--max_new_tokens",
+    "6",
+    "--batch_size",
+    "4",
+    "--micro_batch_size",
+    "2",
+    "--lr",
+    "1e-2",
+    "--progress",
+    "false",
+    "--report_to",
+    "jsonl",
+    "--eval_prompts",
+    "2",
+    "--threads",
+    "1",
+    "--save_every",
+    "2",
+    "--lora_r",
+    "4",
+    "--lora_targets",
+    "q_proj,v_proj",
+]
 
 
 def _run(tiny_world, out: Path, steps: int, *extra: str) -> None:
-    assert main(["train", "--student_path", tiny_world["student"], "--teacher_path", tiny_world["teacher"],
-                 "--manifest", tiny_world["manifest"], "--output_dir", str(out), "--max_steps", str(steps),
-                 *ARGS, *extra]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--student_path",
+                tiny_world["student"],
+                "--teacher_path",
+                tiny_world["teacher"],
+                "--manifest",
+                tiny_world["manifest"],
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                str(steps),
+                *ARGS,
+                *extra,
+            ]
+        )
+        == 0
+    )
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -73,9 +113,13 @@ def test_gradient_checkpointing_recomputes_and_keeps_grads(tiny_world):
         if ckpt:
             enable_gradient_checkpointing(student)
             student.eval()  # eval() clears the flag (as the eval hook does) ...
-            assert mark_checkpointed_layers(student) == len(student.lm.model.layers)  # ... the trainer re-marks
+            assert mark_checkpointed_layers(student) == len(
+                student.lm.model.layers
+            )  # ... the trainer re-marks
         count = [0]
-        student.lm.model.layers[0].self_attn.register_forward_hook(lambda *a, c=count: c.__setitem__(0, c[0] + 1))
+        student.lm.model.layers[0].self_attn.register_forward_hook(
+            lambda *a, c=count: c.__setitem__(0, c[0] + 1)
+        )
         out = XOPD(cfg, student, teacher, None).step(examples[:2], torch.Generator().manual_seed(0))
         before = count[0]
         out.loss.backward()

@@ -11,7 +11,8 @@ pre-transposed weight. This module runs the same math with
 Norms, rotary tables and activations are the model's own modules, so variants (rope scaling, eps,
 activation) stay exact; the logits agree with the HF forward to float rounding (tested).
 
-Anything it does not recognise (other architectures, LoRA-wrapped or sharded weights, sliding
+peft LoRA layers are decoded with their effective weight ``W + BA*scale`` (computed out of place).
+Anything it does not recognise (other architectures, sharded weights, DoRA, LoRA dropout, sliding
 windows, logit soft-capping) makes :func:`fast_decoder` return None and the caller uses HF's path.
 """
 
@@ -28,11 +29,41 @@ def _plain_linear(m: nn.Module) -> bool:
     return type(m) is nn.Linear and type(m.weight.data) is torch.Tensor
 
 
+def _lora_linear(m: nn.Module) -> bool:
+    """A peft LoRA linear whose effective weight is ``W + sum(delta)`` (no dropout, DoRA or merge)."""
+    base = getattr(m, "base_layer", None)
+    if base is None or not _plain_linear(base) or not hasattr(m, "get_delta_weight"):
+        return False
+    if getattr(m, "merged", False) or any(
+        getattr(m, "use_dora", {}).get(a, False) for a in m.active_adapters
+    ):
+        return False
+    drops = getattr(m, "lora_dropout", {})
+    return all(type(drops[a]) is nn.Identity for a in m.active_adapters if a in drops)
+
+
+def _linear_ok(m: nn.Module) -> bool:
+    return _plain_linear(m) or _lora_linear(m)
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    """The effective ``[out, in]`` weight: LoRA deltas added (out of place) for adapted layers."""
+    if _plain_linear(m):
+        return m.weight
+    return m.base_layer.weight + sum(m.get_delta_weight(a) for a in m.active_adapters)
+
+
+def _bias(m: nn.Module) -> torch.Tensor | None:
+    return m.bias if _plain_linear(m) else m.base_layer.bias
+
+
 def _supported(lm: nn.Module) -> bool:
     cfg = getattr(lm, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
         return False
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", cfg.model_type == "mistral"):
+    if getattr(cfg, "sliding_window", None) and getattr(
+        cfg, "use_sliding_window", cfg.model_type == "mistral"
+    ):
         return False
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         return False
@@ -45,15 +76,32 @@ def _supported(lm: nn.Module) -> bool:
         att, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         names = [(att, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
         names += [(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]
-        if att is None or mlp is None or not all(_plain_linear(getattr(m, n, None)) for m, n in names):
+        if att is None or mlp is None or not all(_linear_ok(getattr(m, n, None)) for m, n in names):
             return False
     return True
 
 
-def _cat_bias(*mods: nn.Linear) -> torch.Tensor | None:
-    if all(m.bias is None for m in mods):
+def _cat_bias(*mods: nn.Module) -> torch.Tensor | None:
+    if all(_bias(m) is None for m in mods):
         return None
-    return torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in mods])
+    return torch.cat(
+        [_bias(m) if _bias(m) is not None else _weight(m).new_zeros(_weight(m).shape[0]) for m in mods]
+    )
+
+
+def _norm(module: nn.Module):
+    """A standard RMSNorm as one fused ``F.rms_norm`` call (same values, ~2x fewer op launches);
+    anything else (e.g. Gemma's 1 + weight) is called as the module itself."""
+    w, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
+    if (
+        type(module).__name__.endswith("RMSNorm")
+        and "Gemma" not in type(module).__name__
+        and w is not None
+        and eps is not None
+        and w.dim() == 1
+    ):
+        return lambda x: F.rms_norm(x, (w.shape[0],), w, eps)
+    return module
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -68,8 +116,9 @@ class FastDecoder:
     slots ``< start``); ``positions [B, steps]``: the position id of each decode step's token.
     """
 
-    def __init__(self, lm: nn.Module, keys: list[torch.Tensor], values: list[torch.Tensor],
-                 positions: torch.Tensor) -> None:
+    def __init__(
+        self, lm: nn.Module, keys: list[torch.Tensor], values: list[torch.Tensor], positions: torch.Tensor
+    ) -> None:
         base = lm.model
         cfg = lm.config
         self.keys, self.values = keys, values
@@ -82,22 +131,26 @@ class FastDecoder:
         with torch.no_grad():
             for layer in base.layers:
                 att, mlp = layer.self_attn, layer.mlp
-                self.layers.append({
-                    "ln1": layer.input_layernorm,
-                    "ln2": layer.post_attention_layernorm,
-                    "q_norm": getattr(att, "q_norm", None),
-                    "k_norm": getattr(att, "k_norm", None),
-                    "wqkv": torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).t().contiguous(),
-                    "bqkv": _cat_bias(att.q_proj, att.k_proj, att.v_proj),
-                    "wo": att.o_proj.weight.t().contiguous(),
-                    "bo": att.o_proj.bias,
-                    "wgu": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous(),
-                    "bgu": _cat_bias(mlp.gate_proj, mlp.up_proj),
-                    "wd": mlp.down_proj.weight.t().contiguous(),
-                    "bd": mlp.down_proj.bias,
-                    "act": mlp.act_fn,
-                })
-            self.norm = base.norm
+                self.layers.append(
+                    {
+                        "ln1": _norm(layer.input_layernorm),
+                        "ln2": _norm(layer.post_attention_layernorm),
+                        "q_norm": _norm(att.q_norm) if getattr(att, "q_norm", None) is not None else None,
+                        "k_norm": _norm(att.k_norm) if getattr(att, "k_norm", None) is not None else None,
+                        "wqkv": torch.cat([_weight(att.q_proj), _weight(att.k_proj), _weight(att.v_proj)])
+                        .t()
+                        .contiguous(),
+                        "bqkv": _cat_bias(att.q_proj, att.k_proj, att.v_proj),
+                        "wo": _weight(att.o_proj).t().contiguous(),
+                        "bo": _bias(att.o_proj),
+                        "wgu": torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)]).t().contiguous(),
+                        "bgu": _cat_bias(mlp.gate_proj, mlp.up_proj),
+                        "wd": _weight(mlp.down_proj).t().contiguous(),
+                        "bd": _bias(mlp.down_proj),
+                        "act": mlp.act_fn,
+                    }
+                )
+            self.norm = _norm(base.norm)
             self.w_lm = lm.lm_head.weight.t().contiguous()
             self.b_lm = lm.lm_head.bias
             dummy = self.w_lm.new_zeros(1, 1, 1)
@@ -119,15 +172,20 @@ class FastDecoder:
         for i, p in enumerate(self.layers):
             y = p["ln1"](x)
             qkv = self._mm(y, p["wqkv"], p["bqkv"]).view(b, h + 2 * kv, hd)
-            q, k, v = qkv[:, :h], qkv[:, h : h + kv], qkv[:, h + kv :]
+            v = qkv[:, h + kv :]
             if p["q_norm"] is not None:
-                q, k = p["q_norm"](q), p["k_norm"](k)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+                qk = _rotate(
+                    torch.cat([p["q_norm"](qkv[:, :h]), p["k_norm"](qkv[:, h : h + kv])], 1), cos, sin
+                )
+            else:
+                qk = _rotate(qkv[:, : h + kv], cos, sin)  # q and k heads rotated in one go
+            q, k = qk[:, :h], qk[:, h:]
             self.keys[i][:, :, slot] = k
             self.values[i][:, :, slot] = v
             keys, values = self.keys[i][:, :, : slot + 1], self.values[i][:, :, : slot + 1]
-            att = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask,
-                                                 scale=self.scale, enable_gqa=h != kv)
+            att = F.scaled_dot_product_attention(
+                q[:, :, None], keys, values, attn_mask=mask, scale=self.scale, enable_gqa=h != kv
+            )
             x = x + self._mm(att.reshape(b, h * hd), p["wo"], p["bo"])
             y = p["ln2"](x)
             gu = self._mm(y, p["wgu"], p["bgu"])

@@ -9,7 +9,8 @@ the same response token ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,33 @@ def _static_cache(model: PolicyModel, batch: int, max_len: int):
         return None
 
 
+SMALL_DECODE_FLOPS = 1e8
+
+
+@contextlib.contextmanager
+def _decode_threads(model: PolicyModel, rows: int, device: torch.device, threads: int = 0) -> Iterator[None]:
+    """CPU threads for the decode loop: ``threads`` if > 0, else (auto) ONE thread when a step's matmuls
+    are too small to split (< ~0.1 GFLOP) and all threads otherwise.
+
+    Why: such steps are bound by per-op overhead, and every op split over OpenMP threads adds a
+    fork/join; on a shared machine a descheduled worker thread stalls every op (measured here: 2
+    threads decode the benchmark's S model 2-5x slower than 1 under load, and no faster when idle).
+    Bigger steps (memory- or FLOP-bound) keep all threads. Restored on exit.
+    """
+    n = torch.get_num_threads()
+    if threads <= 0:
+        flops = 2 * rows * sum(p.numel() for p in model.causal_lm().parameters())
+        threads = 1 if flops < SMALL_DECODE_FLOPS else n
+    if device.type != "cpu" or threads == n:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Token ``i`` with ``cdf[i-1] <= u * total < cdf[i]`` per row: [N, V], [N] -> [N] (never a p=0 token)."""
     cdf = probs.cumsum(-1)
@@ -151,6 +179,7 @@ def sample(
     row_seeds: Sequence[int] | None = None,
     static_cache: bool = True,
     fast_decode: bool = True,
+    decode_threads: int = 0,
 ) -> Rollout:
     """Sample ``n`` responses for every prompt with a KV cache (``temperature == 0``: greedy).
 
@@ -159,8 +188,85 @@ def sample(
     ``row_seeds`` (one int per prompt): draw each response's randomness from its own prompt's seed
     (see :func:`row_noise`) instead of ``generator``, so results do not depend on how prompts are
     batched or split across ranks. ``static_cache``: preallocate the KV cache (faster, same values);
-    ``fast_decode``: with it, decode Llama-family models with :mod:`xopd.algos.fast_decode`.
+    ``fast_decode``: with it, decode Llama-family models with :mod:`xopd.algos.fast_decode`;
+    ``decode_threads``: CPU threads while decoding (0: auto, see :func:`_decode_threads`).
     """
+    from xopd.training.distributed import full_params
+
+    args = (n, max_new_tokens, temperature, top_p, top_k, generator, vocab_limit)
+    with full_params(model):  # FSDP2: gather the LM once, so decoding runs without collectives
+        lanes = _lanes(model, prompts, row_seeds, temperature, decode_threads)
+        if lanes <= 1:
+            return _sample(model, prompts, *args, row_seeds, static_cache, fast_decode, decode_threads)
+        return _sample_in_lanes(model, prompts, args, row_seeds, static_cache, fast_decode, lanes)
+
+
+def _lanes(model: PolicyModel, prompts: PromptBatch, row_seeds, temperature: float, decode_threads: int) -> int:
+    """Concurrent decode lanes on CPU: one per thread, each decoding its share of the prompts on ONE
+    thread. Only where it cannot change results: prompts with their own seeds (or greedy), decode
+    threads on auto, and a small model (decode steps overhead- or bandwidth-bound, where two
+    independent single-threaded loops beat one loop split op by op)."""
+    threads = torch.get_num_threads()
+    batch = prompts.embeds.shape[0]
+    if prompts.embeds.device.type != "cpu" or threads < 2 or batch < 2 or decode_threads > 0:
+        return 1
+    if row_seeds is None and temperature > 0:
+        return 1
+    params = sum(p.numel() for p in model.causal_lm().parameters())
+    return min(threads, batch) if params <= LANE_MAX_PARAMS else 1
+
+
+LANE_MAX_PARAMS = 200_000_000
+
+
+def _sample_in_lanes(model, prompts: PromptBatch, args: tuple, row_seeds, static_cache: bool, fast_decode: bool,
+                     lanes: int) -> Rollout:
+    """Split the prompts into ``lanes`` contiguous parts, decode them concurrently (Python threads; torch
+    releases the GIL inside ops) with one intra-op thread each, and stitch the rollouts back together.
+
+    Per-prompt seeds make each part's samples exactly what the whole batch would give (see
+    :func:`row_noise`), so this is a pure speed-up.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = prompts.embeds.shape[0]
+    bounds = [round(i * batch / lanes) for i in range(lanes + 1)]
+    parts = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+    def run(lo: int, hi: int) -> Rollout:
+        with torch.no_grad():  # grad mode is per thread
+            part = PromptBatch(prompts.embeds[lo:hi], prompts.attention_mask[lo:hi])
+            seeds = list(row_seeds[lo:hi]) if row_seeds is not None else None
+            return _sample(model, part, *args, seeds, static_cache, fast_decode, 1)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            outs = list(pool.map(lambda b: run(*b), parts))
+    finally:
+        torch.set_num_threads(threads)
+    return _concat_rollouts(outs, model.pad_token_id, prompt_offsets=[lo for lo, _ in parts])
+
+
+def _concat_rollouts(parts: list[Rollout], pad: int, prompt_offsets: list[int]) -> Rollout:
+    """Stack rollouts of disjoint prompt ranges; shorter ones are right-padded (pad id, mask False, 0)."""
+    width = max(r.ids.shape[1] for r in parts)
+
+    def padded(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Rollout(
+        ids=torch.cat([padded(r.ids, pad) for r in parts]),
+        mask=torch.cat([padded(r.mask, False) for r in parts]),
+        logprobs=torch.cat([padded(r.logprobs, 0.0) for r in parts]),
+        prompt_index=torch.cat([r.prompt_index + off for r, off in zip(parts, prompt_offsets)]),
+        ended=torch.cat([r.ended for r in parts]),
+    )
+
+
+def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, generator, vocab_limit, row_seeds,
+            static_cache, fast_decode, decode_threads=0) -> Rollout:
     batch = prompts.repeat_interleave(n)
     num, width = batch.embeds.shape[:2]
     device = batch.embeds.device
@@ -198,40 +304,41 @@ def sample(
         dec = fast_decoder(model.causal_lm(), cache, positions)
     finished = torch.zeros(num, dtype=torch.bool, device=device)
     ids, masks, logps = [], [], []
-    for t in range(max_new_tokens):
-        step = logits[:, -1].float()
-        if vocab_limit is not None and vocab_limit < step.shape[-1]:
-            step = step[:, :vocab_limit]
-        if temperature > 0:
-            step = step / temperature
-            logp = torch.log_softmax(step, dim=-1)
-            probs = logp.exp() if top_p >= 1.0 and not top_k else _filter_logits(step, top_p, top_k).softmax(-1)
-            if noise is not None:
-                tok = _inverse_cdf(probs, noise[:, t])
+    with _decode_threads(model, num, device, decode_threads):
+        for t in range(max_new_tokens):
+            step = logits[:, -1].float()
+            if vocab_limit is not None and vocab_limit < step.shape[-1]:
+                step = step[:, :vocab_limit]
+            if temperature > 0:
+                step = step / temperature
+                logp = torch.log_softmax(step, dim=-1)
+                probs = logp.exp() if top_p >= 1.0 and not top_k else _filter_logits(step, top_p, top_k).softmax(-1)
+                if noise is not None:
+                    tok = _inverse_cdf(probs, noise[:, t])
+                else:
+                    tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             else:
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            logp = torch.log_softmax(step, dim=-1)
-            tok = step.argmax(-1)
-        tok = torch.where(finished, torch.full_like(tok, pad), tok)
-        ids.append(tok)
-        masks.append(~finished)
-        logps.append(torch.where(finished, torch.zeros_like(tok, dtype=logp.dtype),
-                                 logp.gather(1, tok[:, None]).squeeze(1)))
-        finished = finished | torch.isin(tok, eos)
-        if t == max_new_tokens - 1 or bool(finished.all()):
-            break
-        emb = model.embed_tokens(tok[:, None])
-        if dec is not None:
-            step_mask[..., width + t] = 0.0
-            logits = dec.step(emb[:, 0], t, width + t, step_mask[..., : width + t + 1])[:, None]
-        elif static:
-            step_mask[..., width + t] = 0.0
-            logits, cache = model.forward_embeds(emb, step_mask, position_ids=next_pos, cache=cache, use_cache=True)
-        else:
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            logits, cache = model.forward_embeds(emb, attn, position_ids=next_pos, cache=cache, use_cache=True)
-        next_pos = next_pos + 1
+                logp = torch.log_softmax(step, dim=-1)
+                tok = step.argmax(-1)
+            tok = torch.where(finished, torch.full_like(tok, pad), tok)
+            ids.append(tok)
+            masks.append(~finished)
+            logps.append(torch.where(finished, torch.zeros_like(tok, dtype=logp.dtype),
+                                     logp.gather(1, tok[:, None]).squeeze(1)))
+            finished = finished | torch.isin(tok, eos)
+            if t == max_new_tokens - 1 or bool(finished.all()):
+                break
+            emb = model.embed_tokens(tok[:, None])
+            if dec is not None:
+                step_mask[..., width + t] = 0.0
+                logits = dec.step(emb[:, 0], t, width + t, step_mask[..., : width + t + 1])[:, None]
+            elif static:
+                step_mask[..., width + t] = 0.0
+                logits, cache = model.forward_embeds(emb, step_mask, position_ids=next_pos, cache=cache, use_cache=True)
+            else:
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+                logits, cache = model.forward_embeds(emb, attn, position_ids=next_pos, cache=cache, use_cache=True)
+            next_pos = next_pos + 1
     return Rollout(
         ids=torch.stack(ids, 1),
         mask=torch.stack(masks, 1),

@@ -72,7 +72,8 @@ class XOPD(Algorithm):
             s_batch = student.embed_prompts(s_prompts)
             ro = sample(student, s_batch, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
                         generator, vocab_limit=self.vocab_limit, row_seeds=view_row_seeds(generator, views),
-                        fast_decode=getattr(cfg, "fast_decode", True))
+                        fast_decode=getattr(cfg, "fast_decode", True),
+                        decode_threads=getattr(cfg, "decode_threads", 0))
             # 2. teacher scores the same token ids given T
             t_batch = teacher.embed_prompts(t_prompts).repeat_interleave(n)
             direct = cfg.loss != "pg"

@@ -12,8 +12,10 @@ TRL is an optional dependency (``pip install 'xopd[bench]'``); :func:`trl_availa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import sys
 import time
 import warnings
 from typing import Any
@@ -62,19 +64,28 @@ def _step_timer():
 
         def __init__(self) -> None:
             self.times: list[float] = []
-            self._t0 = 0.0
+            self.cpu: list[float] = []
+            self._t0 = self._c0 = 0.0
 
         def on_step_begin(self, args, state, control, **kw):
-            self._t0 = time.perf_counter()
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self._t0)
+            self.cpu.append(time.process_time() - self._c0)
 
     return StepTimer()
 
 
-def run_trl(kind: str, world: BenchWorld, steps: int, max_new_tokens: int = 48, warmup: int = 1,
-            seed: int = 0, work_dir: str = "runs/bench/trl") -> dict[str, float]:
+def run_trl(
+    kind: str,
+    world: BenchWorld,
+    steps: int,
+    max_new_tokens: int = 48,
+    warmup: int = 1,
+    seed: int = 0,
+    work_dir: str = "runs/bench/trl",
+) -> dict[str, float]:
     """Train ``warmup + steps`` steps with TRL trainer ``kind`` ("distillation" or "gkd"); return timings.
 
     Returns ``{"step_s": median steady step seconds, "tok_s": completion tokens/s, "steps": n}``.
@@ -98,23 +109,52 @@ def run_trl(kind: str, world: BenchWorld, steps: int, max_new_tokens: int = 48, 
             from trl import DistillationConfig, DistillationTrainer
 
             rows = [{"prompt": [{"role": "user", "content": p}]} for p in world.prompts] * total
-            args = DistillationConfig(**common, beta=1.0, temperature=1.0, max_completion_length=max_new_tokens,
-                                      top_k=0, top_p=1.0, shuffle_dataset=False, disable_dropout=True)
-            trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
-                                          train_dataset=Dataset.from_list(rows), processing_class=tok,
-                                          callbacks=[timer])
+            args = DistillationConfig(
+                **common,
+                beta=1.0,
+                temperature=1.0,
+                max_completion_length=max_new_tokens,
+                top_k=0,
+                top_p=1.0,
+                shuffle_dataset=False,
+                disable_dropout=True,
+            )
+            trainer = DistillationTrainer(
+                model=student,
+                teacher_model=teacher,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tok,
+                callbacks=[timer],
+            )
         elif kind == "gkd":
             from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-            rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "ok"}]}
-                    for p in world.prompts] * total
-            args = GKDConfig(**common, lmbda=1.0, beta=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
-                             disable_dropout=True)
-            trainer = GKDTrainer(model=student, teacher_model=teacher, args=args,
-                                 train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer])
+            rows = [
+                {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "ok"}]}
+                for p in world.prompts
+            ] * total
+            args = GKDConfig(
+                **common,
+                lmbda=1.0,
+                beta=1.0,
+                temperature=1.0,
+                max_new_tokens=max_new_tokens,
+                disable_dropout=True,
+            )
+            trainer = GKDTrainer(
+                model=student,
+                teacher_model=teacher,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tok,
+                callbacks=[timer],
+            )
         else:
             raise ValueError(f"unknown TRL trainer {kind!r}")
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # TRL prints its summary dict to stdout
+            trainer.train()
     steady = timer.times[warmup:] or timer.times
     step_s = statistics.median(steady)
-    return {"step_s": step_s, "tok_s": batch * max_new_tokens / step_s, "steps": len(steady)}
+    cpu_s = statistics.median(timer.cpu[warmup:] or timer.cpu)
+    return {"step_s": step_s, "tok_s": batch * max_new_tokens / step_s, "cpu_s": cpu_s, "steps": len(steady)}

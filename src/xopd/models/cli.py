@@ -41,7 +41,10 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
 
         cfg = load_config(RealCpuConfig, args.config, overrides_from_namespace(args, RealCpuConfig))
         summary = run_real_cpu(cfg)
-        print(json.dumps({"summary": f"{cfg.output_dir}/summary.json", "seconds": summary["seconds"]}), file=sys.stderr)
+        print(
+            json.dumps({"summary": f"{cfg.output_dir}/summary.json", "seconds": summary["seconds"]}),
+            file=sys.stderr,
+        )
         return 0
     print("xopd models: choose a subcommand: prepare or real-cpu (see xopd models --help)", file=sys.stderr)
     return 2
@@ -69,7 +72,9 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
         epilog=PREPARE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pp.add_argument("--cache", default=None, help="output folder (default: $XOPD_MODEL_CACHE or ~/.cache/xopd/models)")
+    pp.add_argument(
+        "--cache", default=None, help="output folder (default: $XOPD_MODEL_CACHE or ~/.cache/xopd/models)"
+    )
     pp.add_argument("--what", choices=WHAT, default="all", help="what to prepare (default: all)")
     pp.add_argument("--stack", type=int, default=4, help="student projector frame stacking (default 4)")
     rc = msub.add_parser(
@@ -80,6 +85,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    rc.add_argument("--config", default=None, help="YAML with RealCpuConfig keys (e.g. configs/real-cpu.yaml)")
+    rc.add_argument(
+        "--config", default=None, help="YAML with RealCpuConfig keys (e.g. configs/real-cpu.yaml)"
+    )
     add_help_for(rc, RealCpuConfig)
     handlers["models"] = cmd_models

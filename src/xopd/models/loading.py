@@ -17,8 +17,8 @@ from pathlib import Path
 from xopd.errors import ModelError
 from xopd.models.base import PolicyModel
 
-SPEECH_LLM_TYPES = {"qwen2_audio": "qwen2_audio", **{t: "qwen_omni" for t in (
-    "qwen2_5_omni", "qwen2_5_omni_thinker", "qwen3_omni_moe", "qwen3_omni_moe_thinker")}}
+OMNI_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker", "qwen3_omni_moe", "qwen3_omni_moe_thinker")
+SPEECH_LLM_TYPES = {"qwen2_audio": "qwen2_audio", **dict.fromkeys(OMNI_TYPES, "qwen_omni")}
 
 
 def student_kind(path: str | os.PathLike) -> str:

@@ -134,8 +134,15 @@ def prepare_smollm2(cache: str | os.PathLike) -> Path:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     cfg = quant.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "transformers_version", "architectures", "dtype",
-                "torch_dtype", "model_type"):
+    for key in (
+        "quantization_config",
+        "_name_or_path",
+        "transformers_version",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "model_type",
+    ):
         cfg.pop(key, None)
     cfg["name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
     config = LlamaConfig(**cfg)
@@ -146,7 +153,9 @@ def prepare_smollm2(cache: str | os.PathLike) -> Path:
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to embed_tokens
     if missing or unexpected:
-        raise ModelError(f"{gguf}: GGUF tensors do not fit LlamaForCausalLM (missing {missing[:3]}, extra {unexpected[:3]})")
+        raise ModelError(
+            f"{gguf}: GGUF tensors do not fit LlamaForCausalLM (missing {missing[:3]}, extra {unexpected[:3]})"
+        )
     model.tie_weights()
     model.eval()
     eos_id = tok.convert_tokens_to_ids("<|im_end|>")

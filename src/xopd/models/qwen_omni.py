@@ -63,12 +63,25 @@ class ThinkerCausalLM(nn.Module):
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         self.__dict__["thinker"].gradient_checkpointing_enable(**kwargs)
 
-    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False,
-                logits_to_keep: int = 0, **kwargs):
+    def forward(
+        self,
+        inputs_embeds,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        use_cache=False,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ):
         """``[B, T, D]`` embeddings -> ``logits [B, T or logits_to_keep, V]`` and the KV cache."""
         extra = {_cache_kwarg(type(self.body)): cache} if cache is not None else {}
-        out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=use_cache, **extra)
+        out = self.body(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **extra,
+        )
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
@@ -99,17 +112,25 @@ class OmniThinkerStudent(PolicyModel):
         if end is None:
             end = next((vocab[t] for t in _END_TOKENS if t in vocab), None)
         if start is None or end is None:
-            raise ModelError("Omni thinker: config/tokenizer lack the audio start/end tokens (audio_start_token_id, "
-                             f"{' or '.join(_END_TOKENS)}); is this an Omni checkpoint?")
+            raise ModelError(
+                "Omni thinker: config/tokenizer lack the audio start/end tokens (audio_start_token_id, "
+                f"{' or '.join(_END_TOKENS)}); is this an Omni checkpoint?"
+            )
         toks = tokenizer.convert_ids_to_tokens([int(start), self.audio_token_id, int(end)])
-        if any(t is None or vocab.get(t) != i for t, i in zip(toks, (int(start), self.audio_token_id, int(end)))):
-            raise ModelError(f"Omni thinker: tokenizer and config disagree on the audio tokens {toks}; "
-                             "use the tokenizer saved with the checkpoint")
+        if any(
+            t is None or vocab.get(t) != i for t, i in zip(toks, (int(start), self.audio_token_id, int(end)))
+        ):
+            raise ModelError(
+                f"Omni thinker: tokenizer and config disagree on the audio tokens {toks}; "
+                "use the tokenizer saved with the checkpoint"
+            )
         self.audio_token = toks[1]
         self.audio_prompt = "".join(toks)
         if feature_extractor.feature_size != cfg.audio_config.num_mel_bins:
-            raise ModelError(f"feature extractor gives {feature_extractor.feature_size} mel bins but the audio tower "
-                             f"takes {cfg.audio_config.num_mel_bins}; use the checkpoint's preprocessor_config.json")
+            raise ModelError(
+                f"feature extractor gives {feature_extractor.feature_size} mel bins but the audio tower "
+                f"takes {cfg.audio_config.num_mel_bins}; use the checkpoint's preprocessor_config.json"
+            )
         self.__dict__["_lm_view"] = ThinkerCausalLM(model)
 
     # -- PolicyModel --------------------------------------------------------------------------------
@@ -124,11 +145,17 @@ class OmniThinkerStudent(PolicyModel):
         """
         fe = self.feature_extractor
         tower = self.model.model.audio_tower if hasattr(self.model, "model") else self.model.audio_tower
-        dev, dtype = tower.conv1.weight.device, tower.conv1.weight.dtype
+        first = next(tower.parameters())
+        dev, dtype = first.device, first.dtype
         out = []
         for w in wavs:
-            feats = fe([np.asarray(w, dtype=np.float32)], sampling_rate=fe.sampling_rate, padding="longest",
-                       return_attention_mask=True, return_tensors="pt")
+            feats = fe(
+                [np.asarray(w, dtype=np.float32)],
+                sampling_rate=fe.sampling_rate,
+                padding="longest",
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
             n = int(feats["attention_mask"].sum())
             x = feats["input_features"][:, :, :n].to(dev, dtype)
             mask = torch.ones(1, n, dtype=torch.long, device=dev)
@@ -170,10 +197,13 @@ class OmniThinkerStudent(PolicyModel):
 
     # -- training helpers ---------------------------------------------------------------------------
     def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False) -> OmniThinkerStudent:
-        """Which parts train. The tower's final ``proj`` (into the LLM width) counts as the projector."""
+        """Which parts train. The tower's output projection into the LLM width (``proj`` in Qwen2.5-Omni,
+        ``proj1``/``proj2`` in Qwen3-Omni) counts as the projector."""
         base = self.model.model
         base.audio_tower.requires_grad_(not encoder)
-        base.audio_tower.proj.requires_grad_(not projector)
+        for name in ("proj", "proj1", "proj2"):
+            if hasattr(base.audio_tower, name):
+                getattr(base.audio_tower, name).requires_grad_(not projector)
         if getattr(base, "visual", None) is not None:
             base.visual.requires_grad_(False)
         base.language_model.requires_grad_(not lm)
@@ -210,8 +240,10 @@ class OmniThinkerStudent(PolicyModel):
         cls_name = THINKER_CLASSES.get(mtype)
         model_cls = getattr(transformers, cls_name, None) if cls_name else None
         if model_cls is None:
-            raise ModelError(f"{path}: model_type {mtype!r} has no thinker class in transformers "
-                             f"{transformers.__version__} (need one of {sorted(THINKER_CLASSES)})")
+            raise ModelError(
+                f"{path}: model_type {mtype!r} has no thinker class in transformers "
+                f"{transformers.__version__} (need one of {sorted(THINKER_CLASSES)})"
+            )
         try:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             fe = WhisperFeatureExtractor.from_pretrained(path)

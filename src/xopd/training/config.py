@@ -102,6 +102,8 @@ class TrainConfig:
                              "student); batch_size stays the global prompts per step")
     fast_decode: bool = field(True, help="rollouts with a preallocated KV cache and a lean decode step for "
                               "Llama-family LMs (same tokens and log-probs up to float rounding)")
+    decode_threads: int = field(0, help="CPU threads while decoding rollouts (0 = auto: 1 thread for small "
+                                "models, whose decode steps are overhead-bound, else all)")
     trust_remote_code: bool = field(False, help="allow model code from model directories (off: safer)")
     progress: bool = field(True, help="show a progress bar")
     report_to: str = field("jsonl,tensorboard", help="comma list of jsonl, tensorboard, wandb")

@@ -88,6 +88,11 @@ def init_distributed(kind: str, device: torch.device) -> DistContext:
     if kind not in KINDS:
         raise ConfigError(f"config: 'distributed' must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "none":
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise ConfigError(
+                f"config: launched with {os.environ['WORLD_SIZE']} processes (torchrun) but 'distributed' is "
+                "none: every process would train alone into the same output_dir; set --distributed ddp or fsdp2"
+            )
         return DistContext(device=device)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -161,15 +166,17 @@ def full_params(model: nn.Module) -> Iterator[None]:
     full LM for the duration of the rollout.
     """
     mods = _fsdp_modules(model) if dist.is_initialized() else []
-    if not mods:
+    if not mods or getattr(model, "_xopd_unsharded", False):  # nothing sharded, or an outer block holds it
         yield
         return
     for m in mods:
         m.set_reshard_after_forward(False, recurse=False)
         m.unshard()
+    model._xopd_unsharded = True
     try:
         yield
     finally:
+        model._xopd_unsharded = False
         for m in mods:
             m.reshard()
             m.set_reshard_after_forward(True, recurse=False)
@@ -220,7 +227,9 @@ def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float, ctx: DistCon
     return total
 
 
-def reduce_step_metrics(values: dict[str, float], ctx: DistContext, sums: Sequence[str] = ()) -> dict[str, float]:
+def reduce_step_metrics(
+    values: dict[str, float], ctx: DistContext, sums: Sequence[str] = ()
+) -> dict[str, float]:
     """Average (or, for keys in ``sums``, add) per-rank scalars so rank 0 logs global numbers."""
     if not ctx.enabled or ctx.world == 1 or not values:
         return values
@@ -283,7 +292,9 @@ def consolidated_state(student: nn.Module, ctx: DistContext) -> Iterator[None]:
     handles = []
     if ctx.is_main:
         for fqn, mod in student.named_modules():
-            own = [n for n, _ in mod.named_parameters(recurse=False)] + [n for n, _ in mod.named_buffers(recurse=False)]
+            own = [n for n, _ in mod.named_parameters(recurse=False)] + [
+                n for n, _ in mod.named_buffers(recurse=False)
+            ]
             if not own:
                 continue
 
@@ -301,8 +312,17 @@ def consolidated_state(student: nn.Module, ctx: DistContext) -> Iterator[None]:
             h.remove()
 
 
-def save_training_checkpoint(out: Path, step: int, student: nn.Module, optimizer, scheduler,
-                             state: dict[str, Any], keep_last: int, ctx: DistContext, lora: bool) -> None:
+def save_training_checkpoint(
+    out: Path,
+    step: int,
+    student: nn.Module,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    keep_last: int,
+    ctx: DistContext,
+    lora: bool,
+) -> None:
     """Every rank calls this; rank 0 writes ``checkpoint-{step}`` (see module docstring for fsdp2)."""
     from xopd.training.checkpoint import save_checkpoint
     from xopd.training.memory import merged_state_dict, save_adapter
@@ -323,13 +343,22 @@ def save_training_checkpoint(out: Path, step: int, student: nn.Module, optimizer
     with consolidated_state(student, ctx) if sharded else contextlib.nullcontext():
         if ctx.is_main:
             with merged_state_dict():
-                save_checkpoint(out, step, student, None if sharded else optimizer, scheduler, state,
-                                keep_last=keep_last, extra=extra)
+                save_checkpoint(
+                    out,
+                    step,
+                    student,
+                    None if sharded else optimizer,
+                    scheduler,
+                    state,
+                    keep_last=keep_last,
+                    extra=extra,
+                )
         ctx.barrier()
 
 
-def load_training_checkpoint(ckpt: Path, student: nn.Module, optimizer, scheduler, ctx: DistContext,
-                             lora: bool) -> dict[str, Any]:
+def load_training_checkpoint(
+    ckpt: Path, student: nn.Module, optimizer, scheduler, ctx: DistContext, lora: bool
+) -> dict[str, Any]:
     """Every rank: restore adapter (LoRA), model+optimizer (DCP for fsdp2), scheduler and RNG."""
     from xopd.training.checkpoint import load_training_state
     from xopd.training.memory import load_adapter
@@ -338,10 +367,14 @@ def load_training_checkpoint(ckpt: Path, student: nn.Module, optimizer, schedule
         load_adapter(student, ckpt)
     if ctx.kind == "fsdp2":
         if not (ckpt / "dcp").is_dir():
-            raise ConfigError(f"{ckpt}: no dcp/ folder: this checkpoint was not written by a distributed: fsdp2 "
-                              "run; resume it with the distributed setting it was trained with")
+            raise ConfigError(
+                f"{ckpt}: no dcp/ folder: this checkpoint was not written by a distributed: fsdp2 "
+                "run; resume it with the distributed setting it was trained with"
+            )
         load_sharded(ckpt / "dcp", student, optimizer)
         return load_training_state(ckpt, None, scheduler)
     if not (ckpt / "optimizer.pt").is_file():
-        raise ConfigError(f"{ckpt}: no optimizer.pt (written by an fsdp2 run): resume with distributed: fsdp2")
+        raise ConfigError(
+            f"{ckpt}: no optimizer.pt (written by an fsdp2 run): resume with distributed: fsdp2"
+        )
     return load_training_state(ckpt, optimizer, scheduler)

@@ -67,7 +67,9 @@ def apply_lora(student, r: int, alpha: int, targets: str, seed: int = 0) -> None
 
     names = [t.strip() for t in targets.split(",") if t.strip()]
     if not names:
-        raise ConfigError("config: 'lora_targets' is empty: name the linear layers to adapt (e.g. q_proj,v_proj)")
+        raise ConfigError(
+            "config: 'lora_targets' is empty: name the linear layers to adapt (e.g. q_proj,v_proj)"
+        )
     lm = student.causal_lm()
     torch.manual_seed(seed)
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=names, lora_dropout=0.0, bias="none")
@@ -107,13 +109,17 @@ def load_adapter(student, ckpt_dir: Path) -> None:
 
     path = ckpt_dir / ADAPTER_DIR / ADAPTER_FILE
     if not path.is_file():
-        raise ConfigError(f"{ckpt_dir}: no {ADAPTER_DIR}/{ADAPTER_FILE}; was this run trained with lora_r > 0?")
+        raise ConfigError(
+            f"{ckpt_dir}: no {ADAPTER_DIR}/{ADAPTER_FILE}; was this run trained with lora_r > 0?"
+        )
     tensors = load_file(str(path))
     params = dict(student.named_parameters())
     missing = [n for n in params if "lora_" in n and n not in tensors]
     if missing or any(n not in params for n in tensors):
-        raise ConfigError(f"{path}: adapter does not match lora_r/lora_targets of this config "
-                          f"(e.g. {(missing or list(tensors))[0]})")
+        raise ConfigError(
+            f"{path}: adapter does not match lora_r/lora_targets of this config "
+            f"(e.g. {(missing or list(tensors))[0]})"
+        )
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t)

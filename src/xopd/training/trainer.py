@@ -256,7 +256,7 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     t_run = time.perf_counter()
     with _StopFlag() as stop:
         while step < cfg.max_steps:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             gen = StepGenerator()
             gen.manual_seed(cfg.seed * 1_000_003 + step + 7_919 * dist_ctx.rank)
             optimizer.zero_grad(set_to_none=True)
@@ -304,7 +304,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
             step += 1
             dt = time.perf_counter() - t0
             metrics = {"loss": loss_total, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "tokens": tokens, "tok_s": gen_tokens / max(dt, 1e-9), "step_seconds": dt,
+                       "tokens": tokens, "tok_s": (gen_tokens or tokens) / max(dt, 1e-9), "step_seconds": dt,
+                       "step_cpu_seconds": time.process_time() - c0,
                        "skipped_update": not finite, **agg}
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 logger.log(step, metrics)

@@ -56,13 +56,13 @@ class DemoConfig:
     sft_steps: int = field(150, help="stage 1b: limited spoken-instruction SFT steps (all tasks)")
     sft_lr: float = field(5e-4, help="stage 1b learning rate")
     stage1_batch: int = field(32, help="stage 1 prompts per step")
-    xopd_steps: int = field(150, help="X-OPD optimizer steps")
+    xopd_steps: int = field(120, help="X-OPD optimizer steps")
     xopd_lr: float = field(2e-4, help="X-OPD learning rate")
-    xopd_batch: int = field(16, help="X-OPD prompts per step (each sampled n times per view)")
+    xopd_batch: int = field(8, help="X-OPD prompts per step (each sampled n times per view)")
     xopd_n: int = field(4, help="X-OPD samples per prompt and view")
     xopd_lam: float = field(0.5, help="X-OPD lambda (in-modal weight)")
     xopd_eval_prompts: int = field(32, help="prompts for the reverse-KL eval hook during X-OPD")
-    max_new_tokens: int = field(48, help="longest response in training rollouts and evaluation")
+    max_new_tokens: int = field(40, help="longest response in training rollouts and evaluation")
     eval_batch: int = field(64, help="evaluation batch size")
 
     def validate(self) -> None:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError
-from xopd.losses import aggregate, sft_cross_entropy
+from xopd.losses import sft_cross_entropy
 from xopd.models.base import render_chat_ids
 from xopd.models.text_lm import TextLM, load_teacher
 from xopd.world.scoring import score_item
@@ -101,8 +101,13 @@ class _Stream:
             if self.rng.random() < self.accept.get(item.template.split("/")[1], 1.0):
                 return item
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``input_ids [B, T]`` (right-padded), ``labels [B, T]`` (-100 off the response), ``mask [B, T]``."""
+    def batch(self, n: int, micro: int = 2) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``n`` fresh rows as ``micro`` length-sorted micro-batches of ``(input_ids, labels, mask)``, each
+        ``[b, T_i]`` right-padded to its own width with ``labels`` -100 off the response.
+
+        Why length buckets: a reasoning row is ~3x as long as an instruct row, so one padded batch
+        wastes ~half its compute on padding; two buckets cut that for one extra (cheap) forward.
+        """
         rows, labs = [], []
         for _ in range(n):
             item = self._next("reasoning") if self.rng.random() < self.frac else self._instruct()
@@ -110,12 +115,18 @@ class _Stream:
             resp = self.tok(item.reference, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
             rows.append(prompt + resp)
             labs.append([-100] * len(prompt) + resp)
-        width = max(map(len, rows))
-        pad = self.tok.pad_token_id
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        labels = torch.tensor([r + [-100] * (width - len(r)) for r in labs])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        return ids, labels, mask
+        order = sorted(range(n), key=lambda i: len(rows[i]))
+        size = -(-n // max(1, micro))
+        out = []
+        for lo in range(0, n, size):
+            idx = order[lo : lo + size]
+            width = max(len(rows[i]) for i in idx)
+            pads = [width - len(rows[i]) for i in idx]
+            ids = torch.tensor([rows[i] + [self.tok.pad_token_id] * p for i, p in zip(idx, pads)])
+            labels = torch.tensor([labs[i] + [-100] * p for i, p in zip(idx, pads)])
+            mask = torch.tensor([[1] * len(rows[i]) + [0] * p for i, p in zip(idx, pads)])
+            out.append((ids, labels, mask))
+        return out
 
 
 def _eval_items(n: int, seed: int) -> list:
@@ -163,9 +174,16 @@ def _save_atomic(out_dir: Path, lm, tok, marker: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _data_fingerprint() -> str:
+    """Hash of a sample of the train and test problems, so a change to the task generators (ranges,
+    templates) invalidates a cached teacher even when the vocabulary stays the same."""
+    items = [it for sp in ("train", "test") for t in TEACHER_TASKS for it in generate_items(t, sp, 64, seed=0)]
+    return hashlib.sha256("\n".join(f"{it.text}|{it.reference}" for it in items).encode()).hexdigest()[:16]
+
+
 def _config_hash(cfg: dict, tok) -> str:
     vocab = sorted(tok.get_vocab().items())
-    blob = json.dumps({"cfg": cfg, "vocab": vocab, "v": _RECIPE_VERSION}, sort_keys=True)
+    blob = json.dumps({"cfg": cfg, "vocab": vocab, "data": _data_fingerprint(), "v": _RECIPE_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -186,6 +204,7 @@ def train_teacher(
     final_n: int = 200,
     reasoning_frac: float = 0.5,
     kind_weights: dict | None = None,
+    micro_batches: int = 2,
     max_steps: int | None = None,
     threads: int | None = None,
     progress: bool = True,
@@ -232,17 +251,21 @@ def train_teacher(
             frac = step / max_steps if max_steps else elapsed / budget_s
             for g in opt.param_groups:
                 g["lr"] = lr * _lr_factor(frac, step, warmup)
-            ids, labels, mask = stream.batch(batch)
-            logits = lm(input_ids=ids, attention_mask=mask).logits
-            nll = sft_cross_entropy(logits[:, :-1], labels[:, 1:], labels[:, 1:] >= 0)
-            loss = aggregate(nll, labels[:, 1:] >= 0, "token-mean")
+            parts = stream.batch(batch, micro_batches)
+            n_resp = sum(int((lab >= 0).sum()) for _, lab, _ in parts)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = torch.zeros(())
+            for ids, labels, mask in parts:  # token-mean over the whole batch, accumulated per bucket
+                logits = lm(input_ids=ids, attention_mask=mask).logits
+                nll = sft_cross_entropy(logits[:, :-1], labels[:, 1:], labels[:, 1:] >= 0)
+                part = nll.sum() / max(1, n_resp)
+                part.backward()
+                loss = loss + part.detach()
+                tokens += int(mask.sum())
             torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
             opt.step()
             step += 1
-            tokens += int(mask.sum())
-            resp_tokens += int((labels >= 0).sum())
+            resp_tokens += n_resp
             val = float(loss.detach())
             ema = val if ema is None else 0.95 * ema + 0.05 * val
             losses.append(round(val, 4))

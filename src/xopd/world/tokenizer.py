@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from functools import lru_cache
 
 from xopd.errors import ModelError
 
@@ -73,6 +74,11 @@ def world_vocabulary(extra_texts: Iterable[str] = ()) -> list[str]:
     return sorted(words - set(SPECIAL_TOKENS))
 
 
+@lru_cache(maxsize=1)
+def _default_words() -> tuple[str, ...]:
+    return tuple(world_vocabulary(_generated_texts()))
+
+
 def _generated_texts(n: int = 200) -> list[str]:
     """Prompts, spoken words and references of a sample of every task/split: a safety net in case
     a generator produces a word that :func:`vocabulary_corpus` forgot."""
@@ -96,7 +102,7 @@ def build_world_tokenizer(out_dir: str | os.PathLike | None = None):
     from tokenizers import Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
-    words = world_vocabulary(_generated_texts())
+    words = _default_words()
     vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *words])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.normalizer = normalizers.Lowercase()

@@ -1,0 +1,56 @@
+"""Rollout (prefill + 48 decode steps, 16 prompts) before/after the decode work, same process.
+
+    .venv/bin/python benchmarks/decode_ab.py [--sizes S,M] [--threads 1] [--reps 5]
+
+"before" = HF forward with a dynamic KV cache (torch.cat per step, masks rebuilt per step: what
+``sample`` did originally); "static" = preallocated cache + ready-made 4-D masks; "fast" = static
+cache + the fused Llama decode step (the default). Prints median wall and CPU seconds per rollout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from xopd.algos.base import make_prompts
+from xopd.algos.rollout import sample
+from xopd.bench.models import build_bench_world
+from xopd.bench.xopd_bench import bench_examples
+from xopd.models import load_student
+
+VARIANTS = {
+    "before": dict(static_cache=False, fast_decode=False),
+    "static": dict(fast_decode=False),
+    "fast": {},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="S,M")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--work-dir", default="runs/bench")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for size in args.sizes.split(","):
+        world = build_bench_world(size, f"{args.work_dir}/world")
+        student = load_student(world.student).eval()
+        batch = student.embed_prompts(make_prompts(bench_examples(world), "T"))
+        res: dict[str, list[tuple[float, float]]] = {k: [] for k in VARIANTS}
+        for _ in range(args.reps):  # interleaved, so machine load hits every variant alike
+            for name, kw in VARIANTS.items():
+                t, c = time.perf_counter(), time.process_time()
+                sample(student, batch, 1, 48, row_seeds=list(range(len(world.prompts))), **kw)
+                res[name].append((time.perf_counter() - t, time.process_time() - c))
+        base = statistics.median(c for _, c in res["before"])
+        for name, v in res.items():
+            wall, cpu = statistics.median(w for w, _ in v), statistics.median(c for _, c in v)
+            print(f"{size} {name:<7} wall {wall:.3f}s  cpu {cpu:.3f}s  speed-up (cpu) {base / cpu:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

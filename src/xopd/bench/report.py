@@ -1,0 +1,198 @@
+"""Runs the benchmark described in ``xopd bench --help`` and builds its JSON report and table."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _versions() -> dict[str, str | None]:
+    import transformers
+
+    from xopd.bench.trl_bench import trl_available
+
+    trl_version = None
+    if trl_available():
+        import trl
+
+        trl_version = trl.__version__
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl_version,
+    }
+
+
+def _cpu_ratio(a: dict[str, float], b: dict[str, float]) -> float | None:
+    """(tokens per CPU-second of ``a``) / (same for ``b``); tokens per step = tok_s * step_s."""
+    if not a.get("cpu_s") or not b.get("cpu_s"):
+        return None
+    return (a["tok_s"] * a["step_s"] / a["cpu_s"]) / (b["tok_s"] * b["step_s"] / b["cpu_s"])
+
+
+def _best(runs: list[dict[str, float]]) -> dict[str, float] | None:
+    return min(runs, key=lambda r: r["step_s"]) if runs else None
+
+
+def run_bench(args) -> dict[str, Any]:
+    """Everything ``xopd bench`` measures, as one JSON-able dict (see BENCHMARKS.md for the fields)."""
+    from xopd.bench.models import SIZES, build_bench_world
+    from xopd.bench.system import cpu_model, matmul_peak_gflops, run_child
+    from xopd.bench.trl_bench import run_trl, trl_available
+    from xopd.bench.xopd_bench import phase_breakdown, run_xopd, step_flops
+    from xopd.cli import _quiet_hf
+    from xopd.errors import ConfigError
+    from xopd.models import load_student, load_teacher
+
+    _quiet_hf()
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    bad = [s for s in sizes if s not in SIZES]
+    if bad:
+        raise ConfigError(f"bench: unknown size {bad[0]!r}; choose from {', '.join(SIZES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    work = Path(args.work_dir)
+    use_trl = bool(args.vs_trl) and trl_available()
+    if args.vs_trl and not use_trl:
+        print(
+            "[xopd] bench: trl is not installed (pip install 'xopd[bench]'): TRL columns stay empty",
+            file=sys.stderr,
+        )
+    log = lambda msg: print(f"[xopd bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+
+    peak = matmul_peak_gflops(n=512 if args.quick else 2048)
+    log(f"fp32 matmul peak {peak:.1f} GFLOP/s with {threads} threads")
+    report: dict[str, Any] = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "threads": threads,
+        "versions": _versions(),
+        "matmul_peak_gflops": peak,
+        "setup": {
+            "prompts": args.prompts,
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": 1.0,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "xopd": "xopd train, algo xopd, lam=1 (text view), n_samples=1, loss=pg (k1), fp32",
+            "trl": "lmbda=1, beta=1 (reverse KL), temperature 1, bf16 off, gradient checkpointing off",
+        },
+        "vs_trl": {},
+        "xopd_step_gflops": {},
+        "xopd_step_peak_fraction": {},
+        "phases": {},
+        "peak_rss_mb": {},
+    }
+    for size in sizes:
+        world = build_bench_world(size, work / "world", n_prompts=args.prompts)
+        runs: dict[str, list[dict[str, float]]] = {"xopd": [], "distillation": [], "gkd": []}
+        for r in range(args.rounds):
+            log(f"{size} round {r + 1}/{args.rounds}: xopd")
+            runs["xopd"].append(
+                run_xopd(world, args.steps, args.warmup, args.max_new_tokens, threads, work_dir=work / "xopd")
+            )
+            if use_trl:
+                for kind in ("distillation", "gkd"):
+                    log(f"{size} round {r + 1}/{args.rounds}: trl {kind}")
+                    runs[kind].append(
+                        run_trl(
+                            kind,
+                            world,
+                            args.steps,
+                            args.max_new_tokens,
+                            args.warmup,
+                            work_dir=str(work / "trl"),
+                        )
+                    )
+        best = {k: _best(v) for k, v in runs.items()}
+        x = best["xopd"]
+        trl = {k: best[k] for k in ("distillation", "gkd") if best[k]}
+        faster = max(trl, key=lambda k: trl[k]["tok_s"]) if trl else None
+        report["vs_trl"][size] = {
+            "xopd_tok_s": x["tok_s"],
+            "xopd_step_s": x["step_s"],
+            "trl_tok_s": trl[faster]["tok_s"] if faster else None,
+            "trl_step_s": trl[faster]["step_s"] if faster else None,
+            "ratio": x["tok_s"] / trl[faster]["tok_s"] if faster else None,
+            "faster_trl": faster,
+            # CPU seconds per step (process time, all threads): robust to other load on 1 thread
+            "xopd_cpu_s": x.get("cpu_s"),
+            "trl_cpu_s": trl[faster].get("cpu_s") if faster else None,
+            "ratio_cpu": _cpu_ratio(x, trl[faster]) if faster else None,
+            "trl": trl,
+            "all_rounds": runs,
+        }
+        log(f"{size}: phase breakdown")
+        phases = phase_breakdown(world, steps=1 if args.quick else 2, max_new_tokens=args.max_new_tokens)
+        flops = step_flops(
+            load_student(world.student).causal_lm(),
+            load_teacher(world.teacher).causal_lm(),
+            int(phases["prompt_tokens"]),
+            int(round(x["gen_tokens"])),
+        )
+        report["phases"][size] = phases
+        report["xopd_step_gflops"][size] = flops["step_gflop"] / x["step_s"]
+        report["xopd_step_peak_fraction"][size] = report["xopd_step_gflops"][size] / peak
+        # per CPU-second of the process (all threads): what the step does with the cycles it actually got
+        report.setdefault("xopd_step_gflops_per_cpu_s", {})[size] = (
+            flops["step_gflop"] / x["cpu_s"] if x.get("cpu_s") else None
+        )
+        report["vs_trl"][size]["step_gflop"] = flops["step_gflop"]
+    if args.rss:
+        from xopd.bench.rss import KINDS
+
+        for kind in KINDS:
+            if kind.startswith("xopd-text-") and kind[-1] not in sizes:
+                continue
+            log(f"peak RSS: {kind}")
+            report["peak_rss_mb"][kind] = run_child("xopd.bench.rss", [kind, str(work), str(threads)])[
+                "peak_rss_mb"
+            ]
+    if args.demo_rss != "none":
+        kind = f"demo-{args.demo_rss}"
+        log(f"peak RSS: {kind}")
+        report["peak_rss_mb"][kind] = run_child(
+            "xopd.bench.rss", [kind, str(work), str(threads)], timeout=7200
+        )["peak_rss_mb"]
+    print(format_table(report))
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The human-readable summary ``xopd bench`` prints."""
+    peak = report["matmul_peak_gflops"]
+    lines = [
+        f"xopd bench  {report['date']}  {report['cpu']}  threads={report['threads']}  "
+        f"fp32 matmul peak {peak:.1f} GFLOP/s",
+        "",
+        f"{'size':<5}{'xopd tok/s':>12}{'distill tok/s':>15}{'gkd tok/s':>11}  {'ratio':<20}"
+        f"{'step GFLOP/s':>14}{'% peak':>8}",
+    ]
+    for size, v in report["vs_trl"].items():
+        trl = v.get("trl") or {}
+
+        def cell(k: str, trl: dict = trl) -> str:
+            return f"{trl[k]['tok_s']:.0f}" if k in trl else "-"
+
+        ratio = f"{v['ratio']:.2f}x" if v.get("ratio") else "-"
+        ratio += f" (cpu {v['ratio_cpu']:.2f}x)" if v.get("ratio_cpu") else ""
+        g = report["xopd_step_gflops"][size]
+        lines.append(
+            f"{size:<5}{v['xopd_tok_s']:>12.0f}{cell('distillation'):>15}{cell('gkd'):>11}  {ratio:<20}"
+            f"{g:>14.1f}{100 * g / peak:>7.0f}%"
+        )
+    for size, ph in report["phases"].items():
+        parts = ", ".join(f"{k} {ph[k]:.3f}s" for k in ("rollout", "teacher", "student_fwd_bwd", "optimizer"))
+        lines.append(f"  {size} phases: {parts} (step {ph['step_gflop']:.1f} GFLOP)")
+    if report["peak_rss_mb"]:
+        lines.append(
+            "  peak RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in report["peak_rss_mb"].items())
+        )
+    return "\n".join(lines)

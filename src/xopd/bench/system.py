@@ -1,0 +1,72 @@
+"""Machine facts for benchmark reports: CPU model, threads, measured fp32 matmul peak, peak RSS."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def cpu_model() -> str:
+    """``Model name`` from lscpu (falls back to /proc/cpuinfo, then platform)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5) -> float:
+    """Best fp32 GFLOP/s of an ``n x n`` matmul with the current thread count (best of ``rounds``).
+
+    Best-of: on a shared machine the maximum is the closest estimate of what the hardware does.
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)  # warm-up (MKL init, page faults)
+    best = 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    ``VmHWM`` from /proc/self/status, not ``ru_maxrss``: Linux keeps ru_maxrss across ``exec``, so a
+    child started by a big parent would report the parent's size.
+    """
+    try:
+        for line in open("/proc/self/status", encoding="utf-8"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(module: str, args: list[str], timeout: float = 1800) -> dict:
+    """Run ``python -m module args`` and parse the JSON object on its last stdout line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

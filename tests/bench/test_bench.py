@@ -1,0 +1,47 @@
+"""``xopd bench --quick``: the whole benchmark pipeline on a tiny model in seconds, and the JSON schema
+BENCHMARKS.md and the issue rely on. Timings are never asserted (shared machines); TRL is optional."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from xopd.bench.trl_bench import trl_available
+from xopd.cli import main
+
+
+def _positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_quick_bench_writes_schema(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--vs-trl", "--work-dir", str(tmp_path), "--output", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "xopd tok/s" in table and "XS" in table
+    rep = json.loads(out.read_text())
+    assert {
+        "date",
+        "cpu",
+        "threads",
+        "versions",
+        "matmul_peak_gflops",
+        "vs_trl",
+        "xopd_step_gflops",
+        "phases",
+    } <= set(rep)
+    assert _positive(rep["matmul_peak_gflops"]) and rep["threads"] >= 1
+    row = rep["vs_trl"]["XS"]
+    assert _positive(row["xopd_tok_s"]) and _positive(rep["xopd_step_gflops"]["XS"])
+    if trl_available():
+        assert _positive(row["trl_tok_s"]) and row["faster_trl"] in ("distillation", "gkd")
+        assert math.isclose(row["ratio"], row["xopd_tok_s"] / row["trl_tok_s"])
+    else:
+        assert row["trl_tok_s"] is None and row["ratio"] is None
+    ph = rep["phases"]["XS"]
+    assert {"rollout", "teacher", "student_fwd_bwd", "optimizer", "step_gflop"} <= set(ph)
+
+
+def test_unknown_size_is_a_one_line_error(tmp_path, capsys):
+    assert main(["bench", "--quick", "--sizes", "XL", "--work-dir", str(tmp_path)]) == 2
+    assert "unknown size 'XL'" in capsys.readouterr().err

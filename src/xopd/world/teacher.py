@@ -248,7 +248,9 @@ def train_teacher(
                 break
             if elapsed >= budget_s:
                 break
-            frac = step / max_steps if max_steps else elapsed / budget_s
+            # the cosine ends at whichever limit comes first, so a busy machine that hits the wall-clock
+            # cap before max_steps still finishes with an annealed learning rate
+            frac = max(step / max_steps, elapsed / budget_s) if max_steps else elapsed / budget_s
             for g in opt.param_groups:
                 g["lr"] = lr * _lr_factor(frac, step, warmup)
             parts = stream.batch(batch, micro_batches)

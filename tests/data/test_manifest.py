@@ -192,3 +192,18 @@ def test_examples_from_hf_dataset(tmp_path):
     assert examples_from_hf_dataset(typed)[0].waveform.shape == (1600,)
     with pytest.raises(DataError, match="no column"):
         examples_from_hf_dataset(ds)
+
+
+def test_text_only_rows_need_no_audio_and_train_on_text(data_dir):
+    from xopd.algos.base import make_prompt
+
+    m = data_dir / "mixed.jsonl"
+    _write_lines(m, [GOOD, {"id": "t1", "text": "what is 3 plus 4", "reference": "7", "text_only": True},
+                     {"id": "t2", "text": "no audio and not text_only"}])
+    examples, skips = read_manifest(m)
+    assert [e.id for e in examples] == ["g1", "t1"] and skips.counts == {"missing_field": 1}
+    text_row = examples[1]
+    assert text_row.audio is None and text_row.meta == {"text_only": True}
+    s = make_prompt(text_row, "S")  # a speech SFT trains text-only rows on their text
+    assert s.view == "T" and s.text == "what is 3 plus 4" and s.audio is None
+    assert make_prompt(examples[0], "S").view == "S"

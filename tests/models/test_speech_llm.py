@@ -271,10 +271,40 @@ def test_encoder_cache_matches_uncached(tiny_student_dir):
     wavs = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (4000, 9000, 6000)]
     with torch.no_grad():
         ref, ref_n = model.encode_audio(wavs)
-        model.enable_encoder_cache()
+        model.enable_encoder_cache(shared=False)
         first, n1 = model.encode_audio(wavs)
         again, n2 = model.encode_audio(wavs[::-1])
     assert len(model._encoder_cache) == 3
     torch.testing.assert_close(first, ref, atol=1e-5, rtol=1e-5)
     assert n1.tolist() == ref_n.tolist() == n2.tolist()[::-1]
     torch.testing.assert_close(again[0, : int(n2[0])], ref[2, : int(ref_n[2])], atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_cache_is_shared_and_can_store_fp16(tiny_student_dir):
+    import numpy as np
+    import torch
+
+    from xopd.models.speech_llm import SpeechLLM, clear_shared_encoder_caches
+
+    clear_shared_encoder_caches()
+    a = SpeechLLM.from_pretrained(tiny_student_dir).eval()
+    b = SpeechLLM.from_pretrained(tiny_student_dir).eval()
+    for m in (a, b):
+        m.freeze(encoder=True, projector=True, lm=True)
+    rng = np.random.default_rng(1)
+    wavs = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (4000, 7000)]
+    with torch.no_grad():
+        ref, ref_n = a.encode_audio(wavs)
+        a.enable_encoder_cache()
+        b.enable_encoder_cache()
+        assert a._encoder_cache is b._encoder_cache  # same frozen tower -> one cache per process
+        a.encode_audio(wavs)
+        assert len(b._encoder_cache) == 2
+        torch.testing.assert_close(b.encode_audio(wavs)[0], ref, atol=1e-5, rtol=1e-5)
+        half = SpeechLLM.from_pretrained(tiny_student_dir).eval().enable_encoder_cache(dtype="float16")
+        assert half._encoder_cache is not a._encoder_cache  # a dtype has its own cache
+        out, n = half.encode_audio(wavs)
+    assert all(v.dtype == torch.float16 for v in half._encoder_cache.values())
+    assert out.dtype == ref.dtype and n.tolist() == ref_n.tolist()
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+    clear_shared_encoder_caches()

@@ -83,3 +83,39 @@ def test_train_help_documents_every_field(capsys):
     assert "examples:" in text
     for f in fields(TrainConfig):
         assert f"--{f.name}" in text
+
+
+def _replay_manifest(tiny_world, tmp_path) -> Path:
+    """The tiny manifest's rows with their answers as SFT references (ASR-like rehearsal rows)."""
+    src = Path(tiny_world["manifest"])
+    rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    import shutil
+
+    shutil.copytree(src.parent / "audio", tmp_path / "audio")  # manifests may not point outside their folder
+    out = tmp_path / "replay.jsonl"
+    out.write_text("".join(json.dumps({**r, "reference": r["answer"]}) + "\n" for r in rows))
+    return out
+
+
+def test_replay_adds_rehearsal_loss_and_resumes_exactly(tiny_world, tmp_path):
+    replay = ["--replay_manifest", str(_replay_manifest(tiny_world, tmp_path)), "--replay_batch", "2"]
+    plain, full, part = tmp_path / "plain", tmp_path / "full", tmp_path / "part"
+    assert main(_args(tiny_world, plain, 4, "--save_every", "2")) == 0
+    assert main(_args(tiny_world, full, 4, "--save_every", "2", *replay)) == 0
+    rows = [r for r in read_metrics(full / "metrics.jsonl") if "loss" in r]
+    assert all(r["replay_nll"] > 0 for r in rows)
+    # the rehearsal term is added to the algorithm's loss (the first step shares weights and rollouts)
+    assert rows[0]["loss"] == pytest.approx(_losses(plain)[1] + rows[0]["replay_nll"], rel=1e-5)
+    assert main(_args(tiny_world, part, 2, "--save_every", "2", *replay)) == 0
+    assert main(_args(tiny_world, part, 4, "--save_every", "2", "--resume", *replay)) == 0
+    assert _losses(full) == _losses(part)
+    wa, wb = _lm_weights(full / "checkpoint-4"), _lm_weights(part / "checkpoint-4")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_replay_config_errors(tiny_world, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    bad = main(_args(tiny_world, tmp_path / "r", 1, "--replay_manifest", str(empty), "--replay_batch", "2"))
+    assert bad == 1  # DataError: the manifest is empty
+    assert main(_args(tiny_world, tmp_path / "r2", 1, "--replay_batch", "-1")) == 2

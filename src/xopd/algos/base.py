@@ -32,8 +32,12 @@ def make_prompt(example: Example, view: str, max_audio_seconds: float | None = N
 
     S: the audio (plus the row's ``instruction`` if it has one, e.g. an audio-only question).
     T: the transcript (plus the same instruction), the teacher's view of the same request.
+    A row marked ``text_only`` (meta) is always T: text instruction data mixed into a speech SFT,
+    as speech LLMs do to keep their text skills while they learn to hear.
     """
     instruction = example.meta.get("instruction") if example.meta else None
+    if view == "S" and example.meta and example.meta.get("text_only"):
+        view = "T"
     if view == "S":
         wav = example.load_waveform(max_seconds=max_audio_seconds)
         return Prompt(text=instruction, audio=wav, view="S")

@@ -154,7 +154,7 @@ def _parse_row(
     audio_abs = None
     rel = obj.get("audio")
     if rel is None:
-        if require_audio:
+        if require_audio and obj.get("text_only") is not True:  # text_only rows: text SFT data, no audio
             raise _BadRow(
                 "missing_field", "audio", "no 'audio'", "add 'audio': a path relative to the manifest"
             )

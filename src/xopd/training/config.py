@@ -80,6 +80,10 @@ class TrainConfig:
     lora_alpha: int = field(16, help="LoRA alpha")
     lora_targets: str = field("q_proj,k_proj,v_proj,o_proj", help="comma-separated LoRA target modules")
     # -- data -----------------------------------------------------------------------------------
+    replay_manifest: str | None = field(None, help="rehearsal rows (e.g. ASR / audio-only) trained with SFT on S "
+                                        "alongside the algorithm, to limit forgetting (None: off)")
+    replay_batch: int = field(0, help="rehearsal rows per optimizer step (0: off)")
+    replay_coef: float = field(1.0, help="weight of the rehearsal SFT loss")
     strict: bool = field(False, help="fail on the first bad manifest row instead of skipping it")
     max_audio_seconds: float = field(30.0, help="rows with longer audio are skipped (or fatal if strict)")
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -94,6 +98,9 @@ class TrainConfig:
     threads: int = field(0, help="torch CPU threads (0 = torch default)")
     logprob_chunk: int = field(0, help="rows per chunk for log-softmax over the vocab (0 = no chunking)")
     cache_encoder: bool = field(True, help="memoise frozen audio-encoder outputs per clip (saves recompute)")
+    cache_encoder_dtype: str = field("auto", choices=("auto", "float32", "float16", "bfloat16"),
+                                     help="storage dtype of the encoder cache (auto: the encoder's; float16 "
+                                     "halves its memory on a large dataset)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward to save memory")
     autocast_bf16: bool = field(True, help="on CUDA, run forwards under bf16 autocast (weights/optimizer stay "
                                 "in dtype); ignored on CPU, which has no fast bf16")
@@ -134,6 +141,10 @@ class TrainConfig:
         for key in ("gkd_lambda", "gkd_beta"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise bad(key, f"must be in [0, 1], got {getattr(self, key)}")
+        if self.replay_batch < 0:
+            raise bad("replay_batch", f"must be >= 0 (0: off), got {self.replay_batch}")
+        if self.replay_coef < 0:
+            raise bad("replay_coef", f"must be >= 0, got {self.replay_coef}")
         if self.kd_temperature < 0:
             raise bad("kd_temperature", f"must be >= 0 (0: greedy), got {self.kd_temperature}")
         if self.algo == "grpo" and self.n_samples < 2:

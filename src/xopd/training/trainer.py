@@ -166,8 +166,9 @@ def bootstrap_assets(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
-    """Run ``cfg``; returns the output dir. ``examples`` overrides the manifest (used by pipelines)."""
+def train(cfg: TrainConfig, examples: list[Example] | None = None, replay: list[Example] | None = None) -> Path:
+    """Run ``cfg``; returns the output dir. ``examples`` / ``replay`` override the manifest /
+    ``replay_manifest`` (used by pipelines)."""
     cfg = bootstrap_assets(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +191,14 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
         if skips.total:
             (out / "skipped.json").write_text(skips.to_json())
             print(f"[xopd] {cfg.manifest}: {skips.summary()} (ids in {out / 'skipped.json'})", file=sys.stderr)
+    if replay is None and cfg.replay_manifest and cfg.replay_batch:
+        replay = read_manifest(cfg.replay_manifest, strict=cfg.strict, max_audio_seconds=cfg.max_audio_seconds)[0]
+    replay = replay if cfg.replay_batch else None
+    if replay is not None and not replay:
+        raise ConfigError(f"config: 'replay_manifest' {cfg.replay_manifest!r} has no usable rows")
+    if replay is not None and cfg.replay_batch % dist_ctx.world:
+        raise ConfigError(f"config: 'replay_batch' ({cfg.replay_batch}) must be a multiple of the process count "
+                          f"({dist_ctx.world})")
     eval_manifest = cfg.eval_manifest
     eval_examples = (read_manifest(eval_manifest, max_audio_seconds=cfg.max_audio_seconds)[0]
                      if eval_manifest else examples)[: cfg.eval_prompts]
@@ -208,7 +217,7 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
         report = check_tokenizer_alignment(student.tokenizer, teacher.tokenizer, student.vocab_size, teacher.vocab_size)
         vocab_limit = report.shared_vocab_size
     if cfg.cache_encoder and not cfg.train_encoder and hasattr(student, "enable_encoder_cache"):
-        student.enable_encoder_cache()
+        student.enable_encoder_cache(dtype=None if cfg.cache_encoder_dtype == "auto" else cfg.cache_encoder_dtype)
     student.eval()  # dropout off: the ratio pi/pi_old must be exactly 1 at the first update
     if lora:
         apply_lora(student, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
@@ -220,7 +229,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                                   weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
-    state: dict[str, Any] = {"nonfinite_total": 0, "data": {"epoch": 0, "index": 0}}
+    state: dict[str, Any] = {"nonfinite_total": 0, "data": {"epoch": 0, "index": 0},
+                             "replay_data": {"epoch": 0, "index": 0}}
     start = 0
     if ckpt is not None:
         state = load_training_checkpoint(ckpt, student, optimizer, scheduler, dist_ctx, lora)
@@ -228,6 +238,14 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
         print(f"[xopd] resumed from {ckpt} at step {start}", file=sys.stderr)
     order = DataOrder(len(examples), cfg.seed, **state["data"])
     algo = algo_cls(cfg, student, teacher, vocab_limit)
+    rehearsal = None
+    if replay is not None:  # SFT on S for rehearsal rows, so the algorithm's update does not erase them
+        from dataclasses import replace as _replace
+
+        from xopd.algos.sft import SFT
+
+        rehearsal = SFT(_replace(cfg, sft_view="S"), student, None)
+        replay_order = DataOrder(len(replay), cfg.seed + 1, **state.get("replay_data", {"epoch": 0, "index": 0}))
     logger = (MetricsLogger(out, cfg.report_to, resume_step=start if ckpt else None, run_config=asdict(cfg))
               if dist_ctx.is_main else NullLogger())
 
@@ -282,6 +300,15 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
                 gen_tokens += outp.generated_tokens
                 for k, v in outp.metrics.items():
                     agg[k] = agg.get(k, 0.0) + v / accum
+            if rehearsal is not None:
+                r_idx = replay_order.take(cfg.replay_batch)
+                r_per_rank = cfg.replay_batch // dist_ctx.world
+                r_batch = [replay[i] for i in r_idx[dist_ctx.rank * r_per_rank:(dist_ctx.rank + 1) * r_per_rank]]
+                with autocast_context(device, cfg.autocast_bf16):
+                    r_out = rehearsal.step(r_batch, gen)
+                (cfg.replay_coef * r_out.loss).backward()
+                loss_total += cfg.replay_coef * float(r_out.loss.detach())
+                agg["replay_nll"] = float(r_out.loss.detach())
             if dist_ctx.enabled:
                 sync_grads(replicated, dist_ctx)
                 red = reduce_step_metrics({**agg, "loss": loss_total, "tokens": tokens, "gen_tokens": gen_tokens},
@@ -321,6 +348,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None) -> Path:
                     f"{nonfinite_first + 1}; lower lr, check the data, or raise max_nonfinite_steps"
                 )
             state["data"] = order.state()
+            if rehearsal is not None:
+                state["replay_data"] = replay_order.state()
             done = step == cfg.max_steps
             if cfg.eval_every and step % cfg.eval_every == 0 and not done:
                 run_eval(step)

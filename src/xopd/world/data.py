@@ -103,3 +103,28 @@ def build_world_data(
 
 def by_task(examples: list[Example], *tasks: str) -> list[Example]:
     return [e for e in examples if e.task in tasks]
+
+
+def prompt_asr_rows(examples: list[Example]) -> list[Example]:
+    """ASR rows made from spoken prompts: "Transcribe the audio." over the same clip, the normalised
+    transcript as the target. Speech LLMs learn to hear from ASR on all the speech they have; here
+    that includes the spoken questions, so stage 1 hears numbers up to 50 and every template word
+    (the ASR sentences alone cover neither). Only the speech is used, never an answer."""
+    from dataclasses import replace
+
+    from xopd.world.scoring import normalize_text
+    from xopd.world.tasks import ASR_INSTRUCTION
+
+    out = []
+    for e in examples:
+        target = normalize_text(e.text)
+        meta = {**e.meta, "instruction": ASR_INSTRUCTION}
+        out.append(replace(e, id=f"{e.id}-asr", task="asr", answer=target, reference=target, meta=meta))
+    return out
+
+
+def text_only_rows(examples: list[Example]) -> list[Example]:
+    """Text-only copies (``meta.text_only``: trained on T even in a speech SFT) of the given rows."""
+    from dataclasses import replace
+
+    return [replace(e, id=f"{e.id}-text", meta={**e.meta, "text_only": True}) for e in examples]

@@ -59,6 +59,7 @@ def evaluate_world(
     splits: dict[str, list[Example]],
     max_new_tokens: int = 48,
     batch_size: int = 64,
+    cache_dtype: str | None = None,
 ) -> dict:
     """``{"teacher": {BENCH: {"T"}}, "teacher_by_split": ..., "models": {name: {split: ...}}}``."""
     teacher = load_teacher(teacher_dir)
@@ -71,7 +72,7 @@ def evaluate_world(
     for name, path in students.items():
         model = load_student(path)
         if hasattr(model, "enable_encoder_cache"):
-            model.enable_encoder_cache()
+            model.enable_encoder_cache(dtype=cache_dtype)
         models[name] = {}
         for sp in EVAL_SPLITS:
             base = {b: v["T"] for b, v in teacher_by_split[sp].items()}

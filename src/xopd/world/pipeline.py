@@ -5,8 +5,9 @@ Stages, each cached under ``runs/demo`` and redone only when its inputs change (
 1. ``data``    task items per split, spoken by espeak-ng (content-keyed audio cache), manifests;
 2. ``teacher`` a small Llama trained from scratch on the text side of reasoning + instruct;
 3. ``stage1``  student = pretrained Whisper tiny.en encoder (frozen) + projector + a copy of the
-               teacher's LM, aligned on speech the usual way: ASR + audio-only first, then a limited
-               budget of spoken-instruction SFT -> it works on speech but shows a modality gap;
+               teacher's LM, aligned on speech the usual way: ASR (incl. of the spoken questions) +
+               audio-only first, then a limited budget of spoken-instruction SFT, both with the text
+               side mixed in so the LM keeps its text skills -> it works on speech but shows a gap;
 4. ``xopd``    X-OPD from the stage-1 student with the core's defaults (lam 0.5, n 4, tower and
                projector frozen);
 5. ``eval``    teacher on T; stage-1 and X-OPD students on S and T, on test and held-out splits.
@@ -30,9 +31,10 @@ from xopd.config import field
 from xopd.data.manifest import read_manifest
 from xopd.training.checkpoint import atomic_write_text
 from xopd.training.config import TrainConfig
-from xopd.world.data import WorldSizes, build_world_data, by_task
+from xopd.world.data import WorldSizes, build_world_data, by_task, prompt_asr_rows, text_only_rows
 
 BENCHES = ("reasoning", "instruct")
+CACHE_DTYPE = "float16"
 
 
 @dataclass
@@ -52,8 +54,13 @@ class DemoConfig:
         "small random Whisper-style encoder trained in stage 1",
     )
     stack: int = field(4, help="projector frame stacking (Whisper 50 Hz -> 12.5 Hz)")
+    projector_hidden: int = field(0, help="projector MLP width (0: the LM's hidden size)")
     align_steps: int = field(1200, help="stage 1a: ASR + audio-only steps (projector + LM)")
     align_lr: float = field(1e-3, help="stage 1a learning rate")
+    align_prompt_asr: bool = field(True, help="stage 1a also transcribes the spoken training questions (ASR on "
+                                   "all the speech, as speech LLMs do)")
+    text_replay: bool = field(True, help="stage 1 mixes the text side of the training questions in (text-only "
+                              "SFT rows) so the LM keeps its text skills while it learns to hear")
     sft_steps: int = field(150, help="stage 1b: limited spoken-instruction SFT steps (all tasks)")
     sft_lr: float = field(5e-4, help="stage 1b learning rate")
     stage1_batch: int = field(32, help="stage 1 prompts per step")
@@ -62,6 +69,11 @@ class DemoConfig:
     xopd_batch: int = field(8, help="X-OPD prompts per step (each sampled n times per view)")
     xopd_n: int = field(4, help="X-OPD samples per prompt and view")
     xopd_lam: float = field(0.5, help="X-OPD lambda (in-modal weight)")
+    xopd_loss: str = field("pg", choices=("pg", "reverse_kl", "jsd", "topk_forward_kl"),
+                           help="X-OPD loss: pg = the paper's per-token policy gradient; the others are the "
+                           "core's direct full-vocabulary variants")
+    xopd_replay: int = field(0, help="rehearsal rows (ASR + audio-only, SFT on S) per X-OPD step against "
+                             "forgetting (0: off, the paper's setting)")
     xopd_eval_prompts: int = field(32, help="prompts for the reverse-KL eval hook during X-OPD")
     max_new_tokens: int = field(40, help="longest response in training rollouts and evaluation")
     eval_batch: int = field(64, help="evaluation batch size")
@@ -73,7 +85,7 @@ class DemoConfig:
                     "xopd_eval_prompts"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"demo: '{key}' must be >= 1, got {getattr(self, key)}")
-        for key in ("align_steps", "sft_steps", "xopd_steps", "teacher_steps"):
+        for key in ("align_steps", "sft_steps", "xopd_steps", "teacher_steps", "xopd_replay"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"demo: '{key}' must be >= 0, got {getattr(self, key)}")
         for key in ("align_lr", "sft_lr", "xopd_lr", "teacher_minutes"):
@@ -133,6 +145,9 @@ def _train_cfg(out: Path, **kw) -> TrainConfig:
         keep_last=1,
         eval_prompts=16,
         max_audio_seconds=30.0,
+        # One process-wide fp16 cache of the frozen Whisper outputs serves every stage (each clip is
+        # encoded once per demo instead of once per stage) and halves its ~1.2 GB of float32 memory.
+        cache_encoder_dtype=CACHE_DTYPE,
     )
     base.update(kw)
     cfg = TrainConfig(**base)
@@ -157,7 +172,8 @@ def build_student(cfg: DemoConfig, teacher_dir: Path, out_dir: Path) -> Path:
         from xopd.models.tiny import tiny_whisper_config
 
         enc = AudioEncoder.from_config(tiny_whisper_config(64, 2, 80))
-    student = SpeechLLM.compose(enc, teacher_dir, stack=cfg.stack, seed=cfg.seed)
+    student = SpeechLLM.compose(enc, teacher_dir, stack=cfg.stack, projector_hidden=cfg.projector_hidden or None,
+                                seed=cfg.seed)
     student.save_pretrained(str(out_dir))
     return out_dir
 
@@ -229,8 +245,11 @@ def prepare_world(cfg: DemoConfig) -> World:
             for k in (
                 "encoder",
                 "stack",
+                "projector_hidden",
                 "align_steps",
                 "align_lr",
+                "align_prompt_asr",
+                "text_replay",
                 "sft_steps",
                 "sft_lr",
                 "stage1_batch",
@@ -268,7 +287,10 @@ def prepare_world(cfg: DemoConfig) -> World:
             warmup_steps=max(1, cfg.align_steps // 10),
             **common,
         )
-        run_train(align_cfg, examples=by_task(train, "asr", "audio_only"))
+        spoken_q = by_task(train, *BENCHES)
+        text_rows = text_only_rows(spoken_q) if cfg.text_replay else []
+        asr_rows = prompt_asr_rows(spoken_q) if cfg.align_prompt_asr else []
+        run_train(align_cfg, examples=by_task(train, "asr", "audio_only") + asr_rows + text_rows)
         sft_cfg = _train_cfg(
             s1_dir / "sft",
             student_path=str(_final_model(s1_dir / "align", cfg.align_steps)),
@@ -277,7 +299,7 @@ def prepare_world(cfg: DemoConfig) -> World:
             warmup_steps=max(1, cfg.sft_steps // 10),
             **common,
         )
-        run_train(sft_cfg, examples=train)
+        run_train(sft_cfg, examples=train + text_rows)
         cache.mark("stage1", s1_key, {"student": str(student1)})
     seconds["stage1"] = time.perf_counter() - t0
 
@@ -297,7 +319,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     x_key = _hash(
         {
             k: getattr(cfg, k)
-            for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam", "max_new_tokens", "seed")
+            for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam", "xopd_loss", "xopd_replay",
+                      "max_new_tokens", "seed")
         }
         | {"s1": s1_key}
     )
@@ -314,6 +337,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             student_path=str(student1),
             teacher_path=str(teacher_dir),
             lam=cfg.xopd_lam,
+            loss=cfg.xopd_loss,
             n_samples=cfg.xopd_n,
             batch_size=cfg.xopd_batch,
             micro_batch_size=cfg.xopd_batch,
@@ -323,8 +347,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             seed=cfg.seed,
             threads=cfg.threads,
             eval_every=max(1, cfg.xopd_steps // 5),
+            replay_batch=cfg.xopd_replay,
         )
-        run_train(x_cfg, examples=by_task(train, *BENCHES))
+        run_train(x_cfg, examples=by_task(train, *BENCHES), replay=by_task(train, "asr", "audio_only"))
         cache.mark("xopd", x_key, {"student": str(student_x)})
     seconds["xopd"] = time.perf_counter() - t0
 
@@ -338,6 +363,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         split,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.eval_batch,
+        cache_dtype=CACHE_DTYPE,
     )
     seconds["eval"] = time.perf_counter() - t0
 

@@ -20,6 +20,7 @@ from xopd.config import field
 from xopd.training.logging import read_metrics
 from xopd.world.pipeline import (
     BENCHES,
+    CACHE_DTYPE,
     DemoConfig,
     StageCache,
     _final_model,
@@ -147,7 +148,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
 
         m = load_student(model_dir)
         if hasattr(m, "enable_encoder_cache"):
-            m.enable_encoder_cache()
+            m.enable_encoder_cache(dtype=CACHE_DTYPE)
         r = evaluate_student(m, dev, dev_teacher, cfg.max_new_tokens, cfg.eval_batch, "dev")
         return r["avg_drop_S"]
 
@@ -170,12 +171,13 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     per_row: dict[str, list[dict]] = {}
     costs: dict[str, list[dict]] = {}
     base_eval = evaluate_world(world.teacher_dir, {"student_base": world.student1}, eval_splits,
-                               cfg.max_new_tokens, cfg.eval_batch)
+                               cfg.max_new_tokens, cfg.eval_batch, CACHE_DTYPE)
     per_row["student_base"] = [base_eval["models"]["student_base"]]
     for row in rows:
         for seed in seeds:
             model, cost = train_row(row, seed, sweep[row]["chosen_lr"])
-            res = evaluate_world(world.teacher_dir, {row: model}, eval_splits, cfg.max_new_tokens, cfg.eval_batch)
+            res = evaluate_world(world.teacher_dir, {row: model}, eval_splits, cfg.max_new_tokens, cfg.eval_batch,
+                                 CACHE_DTYPE)
             per_row.setdefault(row, []).append(res["models"][row])
             costs.setdefault(row, []).append(cost)
     report = {

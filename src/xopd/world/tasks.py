@@ -5,7 +5,7 @@ answer:
 
 * ``reasoning`` (BIG Bench Audio's role): 2-3 step +/- word problems, every number in 0..50; the
   reference is a short chain of thought ending in ``The answer is N.``
-* ``instruct`` (VoiceBench's role): repeat / spell / reverse a word, sort / count a list, compare
+* ``instruct`` (VoiceBench's role): repeat / spell a word, reverse / sort / count a list, compare
   two numbers, first word of a list; the reference is the bare exact answer.
 * ``audio_only`` (MMAR's role, the forgetting probe): ``text`` is the *instruction that
   accompanies the audio* ("Is the speaker talking fast or slow? ..."); ``speak`` is an unrelated
@@ -97,8 +97,8 @@ SPELL_WORDS = ("cat", "dog", "sun", "red", "hat", "cup", "pen", "box", "egg", "b
 _INSTRUCT = {
     "repeat": (("Repeat the word {w} {n} times.", "Say the word {w} {n} times."), ("Write {w} exactly {n} times.",)),
     "spell": (("Spell the word {w}.", "How do you spell {w}?"), ("Give me the letters of {w} one by one.",)),
-    "reverse": (("Spell the word {w} backwards.", "Reverse the letters of {w}."),
-                ("Write the letters of {w} in reverse order.",)),
+    "reverse": (("Say these words in reverse order: {l}.", "Reverse the order of these words: {l}."),
+                ("Read this list of words backwards: {l}.",)),
     "sort": (("Sort these numbers from smallest to largest: {l}.",
               "Put these numbers in order from smallest to largest: {l}."),
              ("Arrange these numbers in increasing order: {l}.",)),
@@ -220,18 +220,20 @@ def _instruct(rng: random.Random, unseen: bool) -> tuple[str, str, str, str]:
     pool = _INSTRUCT[kind][1 if unseen else 0]
     ti = rng.randrange(len(pool))
     # Spelling needs the letters of each word memorised by a tiny word-level LM: a small pool of short
-    # words keeps spell/reverse learnable within the demo's teacher budget (measured: ~40 % with all
-    # 47 words after 3500 steps); sorting is over 3 numbers for the same reason.
-    word_pool = SPELL_WORDS if kind in ("spell", "reverse") else WORDS
+    # words keeps it learnable within the demo's teacher budget (measured: ~40 % with all 47 words
+    # after 3500 steps); sorting is over 3 numbers for the same reason. Reversal is of a word *list*:
+    # reversing letters asks a word-level LM to recall, for a test word, a spelling it only ever saw
+    # forwards (instances are split-disjoint), which a 4-layer teacher never learned (measured 0 %).
+    word_pool = SPELL_WORDS if kind == "spell" else WORDS
     tmpl, w, n = pool[ti], rng.choice(word_pool), rng.randint(2, 4)
     nums = rng.sample(range(1, MAX_NUMBER + 1), 3)
-    words = rng.sample(WORDS, rng.randint(3, 7))
+    words = rng.sample(WORDS, rng.randint(3, 5) if kind == "reverse" else rng.randint(3, 7))
     a, b = rng.sample(range(1, MAX_NUMBER + 1), 2)
     lst = ", ".join(map(str, nums)) if kind == "sort" else ", ".join(words)
     answer = {
         "repeat": " ".join([w] * n),
         "spell": " ".join(w),
-        "reverse": " ".join(reversed(w)),
+        "reverse": ", ".join(reversed(words)),
         "sort": ", ".join(map(str, sorted(nums))),
         "count": str(len(words)),
         "compare": ("yes" if a > b else "no") if "yes or no" in tmpl else str(max(a, b)),

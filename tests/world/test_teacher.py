@@ -59,16 +59,16 @@ def test_numbers_letters_and_decoding(tok):
 
 
 def test_chat_template(tok, tmp_path):
-    ids = render_chat_ids(tok, "Spell the word box.")
-    assert tok.convert_ids_to_tokens(ids) == ["<|user|>", "spell", "the", "word", "box", ".", "<|assistant|>"]
-    turn = [{"role": "user", "content": "Spell cat."}, {"role": "assistant", "content": "c a t"}]
+    ids = render_chat_ids(tok, "Repeat the word box.")
+    assert tok.convert_ids_to_tokens(ids) == ["<|user|>", "repeat", "the", "word", "box", ".", "<|assistant|>"]
+    turn = [{"role": "user", "content": "Repeat cat 2 times."}, {"role": "assistant", "content": "cat cat"}]
     text = tok.apply_chat_template(turn, tokenize=False)
     assert _ids(tok, text)[-1] == tok.eos_token_id
     tok.save_pretrained(tmp_path)
     from transformers import AutoTokenizer
 
     back = AutoTokenizer.from_pretrained(tmp_path)
-    assert render_chat_ids(back, "Spell the word box.") == ids and len(back) == len(tok)
+    assert render_chat_ids(back, "Repeat the word box.") == ids and len(back) == len(tok)
 
 
 def test_lr_schedule_closed_form():

@@ -178,7 +178,10 @@ def write_reproduce_report(root: Path, report: dict) -> None:
     parts = [
         "# xopd reproduce: baselines vs X-OPD on the mini world\n",
         f"Mean ± std over seeds {seeds}. Every trained row: {b['steps']} optimizer steps x {b['prompts_per_step']} "
-        f"prompts from the same stage-1 student and data; learning rate chosen by the sweep below. "
+        f"prompts from the same stage-1 student and data"
+        + (f", plus {b['replay_rows_per_step']} rehearsal rows (ASR / audio-only SFT) per step for every row"
+           if b.get("replay_rows_per_step") else "")
+        + "; learning rate chosen by the sweep below. "
         "Paper columns: Qwen3-Omni-30B-A3B (BIG Bench Audio / VoiceBench avg. drop; MMAR), for reference only.\n",
     ]
     for split, title in (("test", "Test"), ("heldout", "Held-out (unseen voices and noise)")):

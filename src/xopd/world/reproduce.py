@@ -50,8 +50,8 @@ class ReproduceConfig(DemoConfig):
     world_dir: str = field("runs/demo", help="data/teacher/stage-1 cache shared with `xopd demo`")
     rows: str = field(",".join(ROWS[1:]), help="comma list of trained rows to run")
     seeds: str = field("0,1,2", help="comma list of training seeds")
-    steps: int = field(60, help="optimizer steps for every trained row (same budget)")
-    batch: int = field(16, help="prompts per optimizer step for every trained row")
+    steps: int = field(80, help="optimizer steps for every trained row (same budget)")
+    batch: int = field(8, help="prompts per optimizer step for every trained row")
     lr_grid: str = field("0.3,1,3", help="multipliers of each row's base lr tried in the sweep")
     sft_base_lr: float = field(3e-4, help="base lr of sft / offline_kd / gkd")
     rl_base_lr: float = field(2e-4, help="base lr of grpo / xopd")
@@ -124,7 +124,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     def train_row(row: str, seed: int, lr: float) -> tuple[Path, dict]:
         run_dir = out / "runs" / f"{row}-lr{lr:g}-s{seed}"
         key = _hash({"row": row, "seed": seed, "lr": lr, "steps": cfg.steps, "batch": cfg.batch,
-                     "s1": world.s1_key, "n": cfg.xopd_n, "mnt": cfg.max_new_tokens})
+                     "s1": world.s1_key, "n": cfg.xopd_n, "mnt": cfg.max_new_tokens,
+                     "replay": cfg.xopd_replay})
         model = _final_model(run_dir, cfg.steps)
         if not cache.done(str(run_dir.relative_to(out)), key):
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -134,9 +135,11 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
             tcfg = _train_cfg(run_dir, student_path=str(world.student1), teacher_path=str(world.teacher_dir),
                               n_samples=cfg.xopd_n, batch_size=cfg.batch, micro_batch_size=cfg.batch,
                               max_steps=cfg.steps, lr=lr, max_new_tokens=cfg.max_new_tokens, seed=seed,
-                              threads=cfg.threads, kd_cache=str(out / "kd_cache.jsonl"), **settings)
+                              threads=cfg.threads, kd_cache=str(out / "kd_cache.jsonl"),
+                              replay_batch=cfg.xopd_replay, **settings)
             _log(f"reproduce: {row} seed {seed} lr {lr:g}")
-            run_train(tcfg, examples=train)
+            # every row gets the same rehearsal rows (xopd_replay per step; 0 = the paper's setting)
+            run_train(tcfg, examples=train, replay=[e for e in world.split["train"] if e.task in ("asr", "audio_only")])
             cache.mark(str(run_dir.relative_to(out)), key, {"model": str(model)})
         rows_m = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
         cost = {"seconds": sum(r.get("step_seconds", 0.0) for r in rows_m),
@@ -187,7 +190,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         "lr_sweep": sweep,
         "cost": {row: {"seconds": _mean_std([c["seconds"] for c in cs]),
                        "tokens": _mean_std([c["tokens"] for c in cs])} for row, cs in costs.items()},
-        "budget": {"steps": cfg.steps, "prompts_per_step": cfg.batch, "samples_per_prompt": cfg.xopd_n},
+        "budget": {"steps": cfg.steps, "prompts_per_step": cfg.batch, "samples_per_prompt": cfg.xopd_n,
+                   "replay_rows_per_step": cfg.xopd_replay},
         "seconds": time.perf_counter() - t_start,
         "config": asdict(cfg),
     }

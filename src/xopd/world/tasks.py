@@ -5,8 +5,8 @@ answer:
 
 * ``reasoning`` (BIG Bench Audio's role): 2-3 step +/- word problems, every number in 0..50; the
   reference is a short chain of thought ending in ``The answer is N.``
-* ``instruct`` (VoiceBench's role): repeat / spell a word, reverse / sort / count a list, compare
-  two numbers, first word of a list; the reference is the bare exact answer.
+* ``instruct`` (VoiceBench's role): repeat a word n times, reverse / count a list, compare two
+  numbers, first / last word of a list; the reference is the bare exact answer.
 * ``audio_only`` (MMAR's role, the forgetting probe): ``text`` is the *instruction that
   accompanies the audio* ("Is the speaker talking fast or slow? ..."); ``speak`` is an unrelated
   neutral sentence. The S prompt is audio(``speak``) + ``text``; the answer comes from the voice
@@ -92,22 +92,19 @@ WORDS = ("cat", "dog", "sun", "red", "blue", "tree", "fish", "bird", "book", "ca
          "key", "bell", "coat", "duck", "goat", "ring", "rose", "sock", "wolf", "bear", "corn", "desk",
          "drum", "kite", "leaf", "nest", "milk", "road", "sand", "wind", "gold", "fire", "ice", "map")  # fmt: skip
 WORDS = tuple(dict.fromkeys(WORDS))
-SPELL_WORDS = ("cat", "dog", "sun", "red", "hat", "cup", "pen", "box", "egg", "bag", "map", "ice")
 # Instruct kinds: (seen templates, unseen templates). {w} word, {n} count, {l} list, {a}/{b} numbers.
 _INSTRUCT = {
     "repeat": (("Repeat the word {w} {n} times.", "Say the word {w} {n} times."), ("Write {w} exactly {n} times.",)),
-    "spell": (("Spell the word {w}.", "How do you spell {w}?"), ("Give me the letters of {w} one by one.",)),
     "reverse": (("Say these words in reverse order: {l}.", "Reverse the order of these words: {l}."),
                 ("Read this list of words backwards: {l}.",)),
-    "sort": (("Sort these numbers from smallest to largest: {l}.",
-              "Put these numbers in order from smallest to largest: {l}."),
-             ("Arrange these numbers in increasing order: {l}.",)),
     "count": (("How many words are in this list: {l}?", "Count the words in this list: {l}."),
               ("Tell me the number of words in this list: {l}.",)),
     "compare": (("Is {a} larger than {b}? Answer yes or no.", "Which number is larger, {a} or {b}? Answer with one number."),
                 ("Is {a} bigger than {b}? Reply yes or no.",)),
     "first": (("What is the first word in this list: {l}? Answer with one word.",),
               ("Which word comes first in this list: {l}? Reply with one word.",)),
+    "last": (("What is the last word in this list: {l}? Answer with one word.",),
+             ("Which word comes last in this list: {l}? Reply with one word.",)),
 }  # fmt: skip
 _AUDIO_Q = {
     "speed": (("Is the speaker talking fast or slow? Answer with one word.",),
@@ -219,25 +216,21 @@ def _instruct(rng: random.Random, unseen: bool) -> tuple[str, str, str, str]:
     kind = rng.choice(sorted(_INSTRUCT))
     pool = _INSTRUCT[kind][1 if unseen else 0]
     ti = rng.randrange(len(pool))
-    # Spelling needs the letters of each word memorised by a tiny word-level LM: a small pool of short
-    # words keeps it learnable within the demo's teacher budget (measured: ~40 % with all 47 words
-    # after 3500 steps); sorting is over 3 numbers for the same reason. Reversal is of a word *list*:
-    # reversing letters asks a word-level LM to recall, for a test word, a spelling it only ever saw
-    # forwards (instances are split-disjoint), which a 4-layer teacher never learned (measured 0 %).
-    word_pool = SPELL_WORDS if kind == "spell" else WORDS
-    tmpl, w, n = pool[ti], rng.choice(word_pool), rng.randint(2, 4)
-    nums = rng.sample(range(1, MAX_NUMBER + 1), 3)
-    words = rng.sample(WORDS, rng.randint(3, 5) if kind == "reverse" else rng.randint(3, 7))
+    # Every kind is a copy/count/compare over what the prompt says. Spelling and letter reversal were
+    # dropped: with whole-word tokens and split-disjoint instances a test word's letters are a fact
+    # the teacher never saw in that phrasing (measured 0 % on test after 5700 steps), and sorting 3
+    # numbers stayed at ~42 %; neither is a modality gap, they only cap the teacher.
+    tmpl, w, n = pool[ti], rng.choice(WORDS), rng.randint(2, 4)
     a, b = rng.sample(range(1, MAX_NUMBER + 1), 2)
-    lst = ", ".join(map(str, nums)) if kind == "sort" else ", ".join(words)
+    words = rng.sample(WORDS, rng.randint(3, 5) if kind == "reverse" else rng.randint(3, 7))
+    lst = ", ".join(words)
     answer = {
         "repeat": " ".join([w] * n),
-        "spell": " ".join(w),
         "reverse": ", ".join(reversed(words)),
-        "sort": ", ".join(map(str, sorted(nums))),
         "count": str(len(words)),
         "compare": ("yes" if a > b else "no") if "yes or no" in tmpl else str(max(a, b)),
         "first": words[0],
+        "last": words[-1],
     }[kind]
     text = tmpl.format(w=w, n=n, l=lst, a=a, b=b)
     return text, answer, answer, f"instruct/{kind}/{'u' if unseen else 's'}{ti}"

@@ -10,8 +10,8 @@ budget is spent, at ``max_steps``, or when a periodic greedy evaluation reaches 
 
 Measured (2 cores): ~17 steps/s at batch 16 with 2 threads on an idle machine, but 2 threads
 collapse on a busy one (0.6 steps/s at batch 32 vs ~3 with 1 thread): pass ``threads=1`` there.
-Batch 32 for N steps matched or beat batch 16 for 2N steps (same compute). The slowest kinds to
-learn are ``sort`` and spelling with a phrasing not seen for that word in training.
+Batch 32 for N steps matched or beat batch 16 for 2N steps (same compute). Sorting and spelling
+were the slowest kinds to learn (42 % and 0 % on test after 5700 steps) and are no longer tasks.
 
 Without ``max_steps`` the LR schedule runs on the *wall-clock* fraction of the budget, so the
 cosine ends when the budget does whatever the machine's speed. With ``max_steps`` it runs on steps
@@ -102,7 +102,7 @@ class _Stream:
         return self.pools[task].pop()
 
     def _instruct(self):
-        """An instruct item, kinds re-weighted by rejection (slow-to-learn kinds such as sort more often)."""
+        """An instruct item, kinds re-weighted by rejection (slow-to-learn kinds more often)."""
         while True:
             item = self._next("instruct")
             if self.rng.random() < self.accept.get(item.template.split("/")[1], 1.0):

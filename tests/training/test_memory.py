@@ -129,3 +129,16 @@ def test_gradient_checkpointing_recomputes_and_keeps_grads(tiny_world):
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)
+
+
+def test_tune_glibc_malloc_applies_on_linux_and_can_be_disabled(monkeypatch):
+    import sys
+
+    from xopd.training.memory import tune_glibc_malloc
+
+    monkeypatch.setenv("XOPD_MALLOC_TUNE", "0")
+    assert tune_glibc_malloc() is False
+    monkeypatch.delenv("XOPD_MALLOC_TUNE")
+    if sys.platform.startswith("linux"):
+        assert tune_glibc_malloc() is True  # glibc accepts both settings (idempotent)
+        assert tune_glibc_malloc() is True

@@ -158,3 +158,29 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def tune_glibc_malloc(threshold_bytes: int = 1 << 20) -> bool:
+    """Make glibc hand big freed blocks back to the OS (Linux/glibc only; a no-op elsewhere).
+
+    Why: glibc raises its mmap threshold each time a large block is freed, so later activations,
+    encoder outputs and cached tensors of a few hundred KB come from the heap, where interleaved
+    long-lived tensors (the encoder cache) pin the freed space. Measured on the demo's stage-1
+    student: encoding 600 clips without any cache grew RSS from 0.4 to 1.8 GB (peak 2.0 GB); with a
+    fixed 1 MB mmap/trim threshold RSS stayed at 0.45 GB (peak 0.84 GB). Set ``XOPD_MALLOC_TUNE=0``
+    to leave malloc alone. Returns True when the setting was applied.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+    import sys
+
+    if os.environ.get("XOPD_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs: nothing to tune
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, int(threshold_bytes))) and bool(mallopt(m_trim_threshold, int(threshold_bytes)))

@@ -136,6 +136,11 @@ class StageCache:
         atomic_write_text(self.root / stage / "stage.json", json.dumps({**info, "key": key}, indent=2))
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident set so far, in MB (Linux reports ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _log(msg: str) -> None:
     print(f"[xopd demo] {msg}", file=sys.stderr, flush=True)
 
@@ -192,6 +197,7 @@ class World:
     teacher_report: dict
     seconds: dict[str, float]
     s1_key: str
+    rss: dict[str, float]
 
 
 def prepare_world(cfg: DemoConfig) -> World:
@@ -205,6 +211,7 @@ def prepare_world(cfg: DemoConfig) -> World:
     root.mkdir(parents=True, exist_ok=True)
     cache = StageCache(root)
     seconds: dict[str, float] = {}
+    rss: dict[str, float] = {}
     sizes = WorldSizes.quick() if cfg.quick else WorldSizes()
 
     # 1. data -------------------------------------------------------------------------------------
@@ -218,6 +225,7 @@ def prepare_world(cfg: DemoConfig) -> World:
         manifests = build_world_data(root / "data", sizes, seed=cfg.seed)
         cache.mark("data", data_key, {"manifests": {k: str(v) for k, v in manifests.items()}})
     seconds["data"] = time.perf_counter() - t0
+    rss["data"] = _peak_rss_mb()
     split = {k: read_manifest(v, max_audio_seconds=30.0)[0] for k, v in manifests.items()}
 
     # 2. teacher ----------------------------------------------------------------------------------
@@ -235,6 +243,7 @@ def prepare_world(cfg: DemoConfig) -> World:
         **({"final_n": 8, "eval_n": 8} if cfg.quick else {}),
     )
     seconds["teacher"] = time.perf_counter() - t0
+    rss["teacher"] = _peak_rss_mb()
     from xopd.world.teacher import MARKER
 
     teacher_key = _hash({"teacher": (teacher_dir / MARKER).read_text()})  # changes whenever it is retrained
@@ -305,8 +314,9 @@ def prepare_world(cfg: DemoConfig) -> World:
         run_train(sft_cfg, examples=train + text_rows)
         cache.mark("stage1", s1_key, {"student": str(student1)})
     seconds["stage1"] = time.perf_counter() - t0
+    rss["stage1"] = _peak_rss_mb()
 
-    return World(root, split, teacher_dir, student1, teacher_report, seconds, s1_key)
+    return World(root, split, teacher_dir, student1, teacher_report, seconds, s1_key, rss)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -316,6 +326,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     world = prepare_world(cfg)
     root, split, teacher_dir, student1 = world.root, world.split, world.teacher_dir, world.student1
     cache, seconds, s1_key, train = StageCache(root), world.seconds, world.s1_key, world.split["train"]
+    rss = world.rss
 
     # 4. X-OPD ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -355,6 +366,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         run_train(x_cfg, examples=by_task(train, *BENCHES), replay=by_task(train, "asr", "audio_only"))
         cache.mark("xopd", x_key, {"student": str(student_x)})
     seconds["xopd"] = time.perf_counter() - t0
+    rss["xopd"] = _peak_rss_mb()
 
     # 5. eval -------------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -369,16 +381,18 @@ def run_demo(cfg: DemoConfig) -> dict:
         cache_dtype=CACHE_DTYPE,
     )
     seconds["eval"] = time.perf_counter() - t0
+    rss["eval"] = _peak_rss_mb()
 
     from xopd.world.report import write_demo_report
 
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_mb = _peak_rss_mb()
     report = {
         **results,
         "teacher_training": world.teacher_report,
         "stage_seconds": seconds,
         "seconds": sum(seconds.values()),
         "peak_rss_mb": peak_mb,
+        "peak_rss_mb_after_stage": rss,
         "config": asdict(cfg),
     }
     write_demo_report(root, report, x_dir / "metrics.jsonl")

@@ -73,9 +73,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_hf()
-    from xopd.training.memory import tune_glibc_malloc
-
-    tune_glibc_malloc()  # long runs keep RSS near their live tensors (see its docstring)
     argv = sys.argv[1:] if argv is None else argv
     parser, handlers = build_parser()
     args, rest = parser.parse_known_args(argv)

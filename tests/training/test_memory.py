@@ -131,14 +131,14 @@ def test_gradient_checkpointing_recomputes_and_keeps_grads(tiny_world):
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)
 
 
-def test_tune_glibc_malloc_applies_on_linux_and_can_be_disabled(monkeypatch):
+def test_trim_heap_runs_on_linux_and_can_be_disabled(monkeypatch):
     import sys
 
-    from xopd.training.memory import tune_glibc_malloc
+    from xopd.training import memory
 
-    monkeypatch.setenv("XOPD_MALLOC_TUNE", "0")
-    assert tune_glibc_malloc() is False
-    monkeypatch.delenv("XOPD_MALLOC_TUNE")
-    if sys.platform.startswith("linux"):
-        assert tune_glibc_malloc() is True  # glibc accepts both settings (idempotent)
-        assert tune_glibc_malloc() is True
+    monkeypatch.setattr(memory, "_LIBC", {})
+    monkeypatch.setenv("XOPD_MALLOC_TRIM", "0")
+    assert memory.trim_heap() is False
+    monkeypatch.setattr(memory, "_LIBC", {})
+    monkeypatch.delenv("XOPD_MALLOC_TRIM")
+    assert memory.trim_heap() is sys.platform.startswith("linux")

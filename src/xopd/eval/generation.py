@@ -16,6 +16,7 @@ from xopd.algos.base import make_prompts
 from xopd.algos.rollout import sample
 from xopd.data.manifest import Example
 from xopd.models.base import PolicyModel
+from xopd.training.memory import trim_heap
 from xopd.world.scoring import score_item, wer
 
 
@@ -44,6 +45,8 @@ def generate(
         for row in range(len(chunk)):
             ids = ro.ids[row][ro.mask[row]].tolist()
             texts.append(model.tokenizer.decode(ids, skip_special_tokens=True).strip())
+        del batch, ro
+        trim_heap()
     model.train(was_training)
     out = [""] * len(examples)
     for pos, j in enumerate(order):

@@ -49,6 +49,7 @@ from xopd.training.memory import (
     autocast_context,
     enable_gradient_checkpointing,
     mark_checkpointed_layers,
+    trim_heap,
 )
 
 
@@ -328,6 +329,7 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, replay: list[
                 print(f"[xopd] step {step + 1}: non-finite loss/grad, update skipped ({nonfinite_run} in a row)",
                       file=sys.stderr)
             scheduler.step()
+            trim_heap()  # hand freed activations back to the OS (RSS tracks live tensors)
             step += 1
             dt = time.perf_counter() - t0
             metrics = {"loss": loss_total, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),

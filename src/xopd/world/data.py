@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from xopd.data.manifest import Example
@@ -110,8 +110,6 @@ def prompt_asr_rows(examples: list[Example]) -> list[Example]:
     transcript as the target. Speech LLMs learn to hear from ASR on all the speech they have; here
     that includes the spoken questions, so stage 1 hears numbers up to 50 and every template word
     (the ASR sentences alone cover neither). Only the speech is used, never an answer."""
-    from dataclasses import replace
-
     from xopd.world.scoring import normalize_text
     from xopd.world.tasks import ASR_INSTRUCTION
 
@@ -125,6 +123,4 @@ def prompt_asr_rows(examples: list[Example]) -> list[Example]:
 
 def text_only_rows(examples: list[Example]) -> list[Example]:
     """Text-only copies (``meta.text_only``: trained on T even in a speech SFT) of the given rows."""
-    from dataclasses import replace
-
     return [replace(e, id=f"{e.id}-text", meta={**e.meta, "text_only": True}) for e in examples]

@@ -34,6 +34,7 @@ from xopd.training.config import TrainConfig
 from xopd.world.data import WorldSizes, build_world_data, by_task, prompt_asr_rows, text_only_rows
 
 BENCHES = ("reasoning", "instruct")
+REHEARSAL_TASKS = ("asr", "audio_only")  # stage 1a's speech tasks; X-OPD's rehearsal rows
 CACHE_DTYPE = "float16"
 
 
@@ -302,7 +303,7 @@ def prepare_world(cfg: DemoConfig) -> World:
         spoken_q = by_task(train, *BENCHES)
         text_rows = text_only_rows(spoken_q) if cfg.text_replay else []
         asr_rows = prompt_asr_rows(spoken_q) if cfg.align_prompt_asr else []
-        run_train(align_cfg, examples=by_task(train, "asr", "audio_only") + asr_rows + text_rows)
+        run_train(align_cfg, examples=by_task(train, *REHEARSAL_TASKS) + asr_rows + text_rows)
         sft_cfg = _train_cfg(
             s1_dir / "sft",
             student_path=str(_final_model(s1_dir / "align", cfg.align_steps)),
@@ -363,7 +364,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             eval_every=max(1, cfg.xopd_steps // 5),
             replay_batch=cfg.xopd_replay,
         )
-        run_train(x_cfg, examples=by_task(train, *BENCHES), replay=by_task(train, "asr", "audio_only"))
+        run_train(x_cfg, examples=by_task(train, *BENCHES), replay=by_task(train, *REHEARSAL_TASKS))
         cache.mark("xopd", x_key, {"student": str(student_x)})
     seconds["xopd"] = time.perf_counter() - t0
     rss["xopd"] = _peak_rss_mb()

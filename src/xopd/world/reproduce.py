@@ -18,9 +18,11 @@ from pathlib import Path
 
 from xopd.config import field
 from xopd.training.logging import read_metrics
+from xopd.world.data import by_task
 from xopd.world.pipeline import (
     BENCHES,
     CACHE_DTYPE,
+    REHEARSAL_TASKS,
     DemoConfig,
     StageCache,
     _final_model,
@@ -106,6 +108,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     dev = [e for b in BENCHES for e in [x for x in train_all if x.task == b][-cfg.dev_size:]]
     dev_ids = {e.id for e in dev}
     train = [e for e in train_all if e.id not in dev_ids]
+    replay = by_task(world.split["train"], *REHEARSAL_TASKS)  # the same rehearsal rows for every row
     seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
     rows = [r for r in cfg.rows.split(",") if r.strip()]
     unknown = set(rows) - set(ROW_SETTINGS)
@@ -138,8 +141,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
                               threads=cfg.threads, kd_cache=str(out / "kd_cache.jsonl"),
                               replay_batch=cfg.xopd_replay, **settings)
             _log(f"reproduce: {row} seed {seed} lr {lr:g}")
-            # every row gets the same rehearsal rows (xopd_replay per step; 0 = the paper's setting)
-            run_train(tcfg, examples=train, replay=[e for e in world.split["train"] if e.task in ("asr", "audio_only")])
+            run_train(tcfg, examples=train, replay=replay)  # xopd_replay rows per step; 0 = the paper's setting
             cache.mark(str(run_dir.relative_to(out)), key, {"model": str(model)})
         rows_m = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
         cost = {"seconds": sum(r.get("step_seconds", 0.0) for r in rows_m),

@@ -24,16 +24,43 @@ def test_quick_demo_report_schema(tmp_path):
                 assert 0.0 <= r[bench]["S"] <= 1.0 and 0.0 <= r[bench]["T"] <= 1.0
             for key in ("avg_drop_S", "avg_drop_T", "audio_only_acc", "asr_wer"):
                 assert key in r
-    assert set(rep["stage_seconds"]) == {"data", "teacher", "stage1", "xopd", "eval"}
+    assert set(rep["stage_seconds"]) == {"data", "teacher", "hearing", "stage1", "xopd", "eval"}
+    for split in ("test", "heldout"):  # what the front end hears, and the cascade on it
+        h = rep["hearing"][split]
+        assert 0.0 <= h["numbers_right"] <= 1.0 and h["token_error"] >= 0.0
+        for bench in ("reasoning", "instruct"):
+            assert set(rep["cascade"][split][bench]) == {"front_end", "reference"}
     assert rep["seconds"] > 0 and rep["peak_rss_mb"] > 0
     assert (out / "report.md").read_text().startswith("# xopd demo")
     assert (out / "gap.png").stat().st_size > 1000
     # a second run reuses every cached stage: no stage marker or checkpoint is rewritten
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")}
     ckpts = {p: p.stat().st_mtime_ns for p in out.glob("**/checkpoint-*")}
-    assert len(stamps) == 3 and ckpts
+    assert len(stamps) == 4 and ckpts
     assert main(["demo", "--quick", "--output_dir", str(out), "--threads", "1"]) == 0
     rep2 = json.loads((out / "report.json").read_text())
     assert rep2["teacher_training"]["cached"] is True
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")} == stamps
     assert {p: p.stat().st_mtime_ns for p in out.glob("**/checkpoint-*")} == ckpts
+
+
+TIMING_KEYS = {"stage_seconds", "seconds", "peak_rss_mb", "peak_rss_mb_after_stage", "config"}
+
+
+def _without_timings(rep: dict) -> dict:
+    rep = {k: v for k, v in rep.items() if k not in TIMING_KEYS}
+    rep["teacher_training"] = {k: v for k, v in rep["teacher_training"].items()
+                               if k not in ("seconds", "train_seconds", "eval_seconds", "steps_per_s", "tokens_per_s",
+                                            "eval_curve", "cached")}
+    return rep
+
+
+@pytest.mark.timeout(900)
+def test_two_fresh_quick_demos_give_the_same_report(tmp_path):
+    """Reproducibility: the whole pipeline (data, teacher, hearing, stage 1, X-OPD, eval) is seeded."""
+    reports = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["demo", "--quick", "--fresh", "--output_dir", str(out), "--threads", "1"]) == 0
+        reports.append(_without_timings(json.loads((out / "report.json").read_text())))
+    assert reports[0] == reports[1]

@@ -8,10 +8,11 @@ from xopd.errors import ConfigError
 
 def get_algorithm(name: str) -> type[Algorithm]:
     """Algorithm class by config name."""
+    from xopd.algos.ctc import CTC
     from xopd.algos.sft import SFT
     from xopd.algos.xopd import XOPD
 
-    registry: dict[str, type[Algorithm]] = {"xopd": XOPD, "sft": SFT}
+    registry: dict[str, type[Algorithm]] = {"xopd": XOPD, "sft": SFT, "ctc": CTC}
     try:
         from xopd.algos import baselines  # noqa: F401  (registers sft/offline_kd/gkd/grpo when present)
 

@@ -265,39 +265,61 @@ def _concat_rollouts(parts: list[Rollout], pad: int, prompt_offsets: list[int]) 
     )
 
 
+def _repeat_cache(cache, n: int) -> None:
+    """Repeat every layer's keys/values n times along the batch (rollout order: prompt0 x n, ...)."""
+    if n == 1:
+        return
+    if hasattr(cache, "layers") and all(hasattr(layer, "keys") for layer in cache.layers):
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys.repeat_interleave(n, dim=0)
+                layer.values = layer.values.repeat_interleave(n, dim=0)
+            if hasattr(layer, "max_batch_size"):
+                layer.max_batch_size = layer.keys.shape[0]
+        return
+    cache.batch_repeat_interleave(n)
+
+
 def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, generator, vocab_limit, row_seeds,
             static_cache, fast_decode, decode_threads=0) -> Rollout:
-    batch = prompts.repeat_interleave(n)
-    num, width = batch.embeds.shape[:2]
-    device = batch.embeds.device
+    # The prompts are prefilled ONCE and their KV cache repeated n times: the n samples of a prompt share it.
+    b, width = prompts.embeds.shape[:2]
+    num = b * n
+    device = prompts.embeds.device
     eos = torch.tensor(model.eos_token_ids, device=device)
     pad = model.pad_token_id
-    attn = batch.attention_mask
+    attn = prompts.attention_mask.repeat_interleave(n, 0)
     next_pos = attn.sum(-1, keepdim=True)  # position id of the first response token
     noise = None
     if row_seeds is not None and temperature > 0:
-        if len(row_seeds) * n != num:
-            raise ValueError(f"{len(row_seeds)} row seeds for {num // n} prompts")
+        if len(row_seeds) != b:
+            raise ValueError(f"{len(row_seeds)} row seeds for {b} prompts")
         noise = row_noise(row_seeds, n, max_new_tokens, device)
     total = width + max_new_tokens
     cache = _static_cache(model, num, total) if static_cache else None
     static = cache is not None
     if static:
         # additive 4-D masks over the preallocated cache: pads and not-yet-written slots get -inf-ish
-        dtype = batch.embeds.dtype
+        dtype = prompts.embeds.dtype
         neg = torch.finfo(dtype).min
-        valid = torch.cat([attn.bool(), attn.new_ones(num, max_new_tokens, dtype=torch.bool)], 1)
         keys = torch.arange(total, device=device)
         causal = keys[None, :] <= torch.arange(width, device=device)[:, None]  # [P, total]
-        pre = torch.zeros(num, 1, width, total, dtype=dtype, device=device)
-        pre.masked_fill_(~(valid[:, None, None, :] & causal[None, None]), neg)
+        p_valid = torch.cat([prompts.attention_mask.bool(),
+                             prompts.attention_mask.new_ones(b, max_new_tokens, dtype=torch.bool)], 1)
+        pre = torch.zeros(b, 1, width, total, dtype=dtype, device=device)
+        pre.masked_fill_(~(p_valid[:, None, None, :] & causal[None, None]), neg)
+        valid = p_valid.repeat_interleave(n, 0)
         step_mask = torch.zeros(num, 1, 1, total, dtype=dtype, device=device).masked_fill_(
             ~valid[:, None, None, :], neg)
         step_mask[..., width:] = neg
-        logits, cache = model.forward_embeds(batch.embeds, pre, position_ids=position_ids_from_mask(attn),
+        logits, cache = model.forward_embeds(prompts.embeds, pre,
+                                             position_ids=position_ids_from_mask(prompts.attention_mask),
                                              cache=cache, use_cache=True, logits_to_keep=1)
     else:
-        logits, cache = model.forward_embeds(batch.embeds, attn, use_cache=True, logits_to_keep=1)
+        logits, cache = model.forward_embeds(prompts.embeds, prompts.attention_mask, use_cache=True,
+                                             logits_to_keep=1)
+    _repeat_cache(cache, n)
+    logits = logits.repeat_interleave(n, 0)
     dec = None
     if static and fast_decode:
         positions = next_pos + torch.arange(max_new_tokens, device=device)[None, :]
@@ -348,10 +370,43 @@ def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, genera
     )
 
 
-def response_logits(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Logits that predict each response token: [N, L, V] (one forward over [prompt | response])."""
-    if prompts.embeds.shape[0] != ids.shape[0]:
-        raise ValueError(f"{prompts.embeds.shape[0]} prompts for {ids.shape[0]} responses")
+def _shared_prompt_ok(model: PolicyModel) -> bool:
+    """Whether ``model`` can score n responses against ONE forward of their shared prompt: its LM must
+    return a KV cache that gradients flow through (HF gradient checkpointing turns the cache off)."""
+    lm = model.causal_lm()
+    return bool(getattr(model, "shared_prompt_ok", True)) and not getattr(lm, "is_gradient_checkpointing", False)
+
+
+_FALLBACK_SAID: set[str] = set()
+
+
+def _say_fallback_once(model: PolicyModel, why: str) -> None:
+    name = type(model).__name__
+    if name not in _FALLBACK_SAID:
+        _FALLBACK_SAID.add(name)
+        import sys
+
+        print(f"[xopd] {name}: scoring repeats each prompt per sample ({why})", file=sys.stderr)
+
+
+def response_logits(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor,
+                    n: int = 1) -> torch.Tensor:
+    """Logits that predict each response token: [N, L, V].
+
+    ``prompts`` has one row per response (``n == 1``) or one row per *distinct* prompt whose ``n``
+    responses follow each other in ``ids`` (rollout order). With ``n > 1`` the prompts are run once and
+    their KV cache is repeated for the n responses (the repeat's backward sums, so gradients reach the
+    prompt's trainable inputs exactly as if every response had its own copy): on spoken prompts that
+    are longer than their answers this is most of a scoring step's FLOPs saved. Models that cannot do
+    that (``shared_prompt_ok = False``, or gradient checkpointing) repeat the prompts instead.
+    """
+    if prompts.embeds.shape[0] * n != ids.shape[0]:
+        raise ValueError(f"{prompts.embeds.shape[0]} prompts x n={n} for {ids.shape[0]} responses")
+    if n > 1 and _shared_prompt_ok(model):
+        return _response_logits_shared(model, prompts, ids, mask, n)
+    if n > 1:
+        _say_fallback_once(model, "gradient checkpointing or no cache support")
+        prompts = prompts.repeat_interleave(n)
     embeds = torch.cat([prompts.embeds, model.embed_tokens(ids)], dim=1)
     attn = torch.cat([prompts.attention_mask, mask.long()], dim=1)
     length = ids.shape[1]
@@ -359,6 +414,20 @@ def response_logits(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor,
     logits, _ = model.forward_embeds(embeds, attn, position_ids=position_ids_from_mask(attn),
                                      logits_to_keep=length + 1)
     return logits[:, :-1]
+
+
+def _response_logits_shared(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor,
+                            n: int) -> torch.Tensor:
+    """One forward over the B prompts (cache kept), the cache repeated n times, one over the B*n responses."""
+    p_logits, cache = model.forward_embeds(prompts.embeds, prompts.attention_mask, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(n)
+    attn = torch.cat([prompts.attention_mask.repeat_interleave(n, 0), mask.long()], dim=1)
+    width = prompts.embeds.shape[1]
+    positions = position_ids_from_mask(attn)[:, width:]
+    r_logits, _ = model.forward_embeds(model.embed_tokens(ids), attn, position_ids=positions, cache=cache,
+                                       use_cache=True)
+    # the last prompt position predicts response token 0; response position j predicts token j + 1
+    return torch.cat([p_logits[:, -1:].repeat_interleave(n, 0), r_logits[:, :-1]], dim=1)
 
 
 def response_logprobs(
@@ -369,9 +438,11 @@ def response_logprobs(
     temperature: float = 1.0,
     chunk_size: int | None = None,
     vocab_limit: int | None = None,
+    n: int = 1,
 ) -> torch.Tensor:
-    """log p(y_t | prompt, y_<t) for every response token: [N, L] (0 where ``mask`` is False)."""
-    logits = response_logits(model, prompts, ids, mask)
+    """log p(y_t | prompt, y_<t) for every response token: [N, L] (0 where ``mask`` is False);
+    ``prompts`` and ``n`` as in :func:`response_logits`."""
+    logits = response_logits(model, prompts, ids, mask, n=n)
     if vocab_limit is not None and vocab_limit < logits.shape[-1]:
         logits = logits[..., :vocab_limit]
     lp = gather_logprobs(logits, ids, temperature=temperature, chunk_size=chunk_size or None, mask=mask)

@@ -75,19 +75,19 @@ class XOPD(Algorithm):
                         fast_decode=getattr(cfg, "fast_decode", True),
                         decode_threads=getattr(cfg, "decode_threads", 0))
             # 2. teacher scores the same token ids given T
-            t_batch = teacher.embed_prompts(t_prompts).repeat_interleave(n)
+            t_batch = teacher.embed_prompts(t_prompts)  # each prompt once: its n responses share it
             direct = cfg.loss != "pg"
             if direct:
-                t_logits = response_logits(teacher, t_batch, ro.ids, ro.mask)[..., : self.vocab_limit]
+                t_logits = response_logits(teacher, t_batch, ro.ids, ro.mask, n=n)[..., : self.vocab_limit]
                 t_lp = gather_logprobs(t_logits, ro.ids, chunk_size=cfg.logprob_chunk or None, mask=ro.mask)
             else:
                 t_lp = response_logprobs(teacher, t_batch, ro.ids, ro.mask, vocab_limit=self.vocab_limit,
-                                         chunk_size=cfg.logprob_chunk)
+                                         chunk_size=cfg.logprob_chunk, n=n)
         assert_same_response_length(ro.ids, t_lp)
 
         # 3. student forward with grad (prompt embeddings recomputed so trainable parts get grads)
-        s_train = student.embed_prompts(s_prompts).repeat_interleave(n)
-        s_logits = response_logits(student, s_train, ro.ids, ro.mask)[..., : self.vocab_limit]
+        s_train = student.embed_prompts(s_prompts)
+        s_logits = response_logits(student, s_train, ro.ids, ro.mask, n=n)[..., : self.vocab_limit]
         s_lp = gather_logprobs(s_logits, ro.ids, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk or None)
         mask = ro.mask
         chunk = cfg.logprob_chunk or None

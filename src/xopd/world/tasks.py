@@ -241,7 +241,7 @@ def _sentence(rng: random.Random, unseen: bool) -> tuple[str, str]:
     fi = rng.randrange(len(frames))
     w, x = rng.sample(NAMES, 2)
     s = frames[fi].format(s=rng.choice(_SUBJ), v=rng.choice(_VERB), o=rng.choice(_OBJ), p=rng.choice(_PLACE),
-                          l=rng.choice(_PLACE[:6]), w=w, x=x, n=rng.randint(2, 30), a=rng.choice(_ANIMALS))  # fmt: skip
+                          l=rng.choice(_PLACE[:6]), w=w, x=x, n=rng.randint(2, MAX_NUMBER), a=rng.choice(_ANIMALS))  # fmt: skip
     return s, f"{'u' if unseen else 's'}{fi}"
 
 

@@ -43,11 +43,12 @@ from xopd.errors import ConfigError
 from xopd.losses import sft_cross_entropy
 from xopd.models.base import render_chat_ids
 from xopd.models.text_lm import TextLM, load_teacher
-from xopd.world.scoring import score_item
+from xopd.world.scoring import normalize_text, score_item
 from xopd.world.tasks import generate_items
 from xopd.world.tokenizer import build_world_tokenizer
 
-__all__ = ["MARKER", "TEACHER_TASKS", "ensure_teacher", "evaluate_teacher", "train_teacher"]
+__all__ = ["MARKER", "TEACHER_SHAPE", "TEACHER_TASKS", "build_model", "ensure_teacher", "evaluate_teacher",
+           "train_teacher"]
 
 MARKER = "xopd_teacher.json"
 TEACHER_TASKS = ("reasoning", "instruct")
@@ -63,7 +64,12 @@ def _silence_hf() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _build_model(tok, d_model: int, layers: int, heads: int, ffn: int, seed: int):
+#: The teacher's architecture (a Llama d128 x 4); the demo's hearing student borrows it for a placeholder LM.
+TEACHER_SHAPE = {"d_model": 128, "layers": 4, "heads": 4, "ffn": 512}
+
+
+def build_model(tok, d_model: int, layers: int, heads: int, ffn: int, seed: int):
+    """A randomly initialised Llama of the given shape over ``tok``'s vocabulary (eos/pad from ``tok``)."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -84,9 +90,11 @@ class _Stream:
     mixed so that a ``reasoning_frac`` share of every batch is reasoning (the harder task)."""
 
     def __init__(
-        self, tok, seed: int, reasoning_frac: float, kind_weights: dict | None = None, chunk: int = 512
+        self, tok, seed: int, reasoning_frac: float, kind_weights: dict | None = None, chunk: int = 512,
+        unpunctuated_frac: float = 0.0,
     ) -> None:
         self.tok, self.seed, self.frac, self.chunk = tok, seed, reasoning_frac, chunk
+        self.unpunctuated_frac = unpunctuated_frac
         w = dict(kind_weights or {})
         self.accept = {k: v / max(w.values()) for k, v in w.items()} if w else {}
         self.rng = random.Random(f"teacher-mix:{seed}")
@@ -118,7 +126,10 @@ class _Stream:
         rows, labs = [], []
         for _ in range(n):
             item = self._next("reasoning") if self.rng.random() < self.frac else self._instruct()
-            prompt = render_chat_ids(self.tok, item.text)
+            text = item.text
+            if self.unpunctuated_frac and self.rng.random() < self.unpunctuated_frac:
+                text = normalize_text(text)  # text as people also type it: no punctuation
+            prompt = render_chat_ids(self.tok, text)
             resp = self.tok(item.reference, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
             rows.append(prompt + resp)
             labs.append([-100] * len(prompt) + resp)
@@ -219,6 +230,7 @@ def train_teacher(
     max_steps: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    unpunctuated_frac: float = 0.0,
 ) -> dict:
     """Train, evaluate (greedy, test split, T view) and save the teacher; returns the report.
 
@@ -238,10 +250,10 @@ def train_teacher(
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     tok = build_world_tokenizer()
-    lm = _build_model(tok, d_model, layers, heads, ffn, seed)
+    lm = build_model(tok, d_model, layers, heads, ffn, seed)
     model = TextLM(lm, tok)
     opt = torch.optim.AdamW(lm.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    stream = _Stream(tok, seed, reasoning_frac, kind_weights)
+    stream = _Stream(tok, seed, reasoning_frac, kind_weights, unpunctuated_frac=unpunctuated_frac)
     eval_set = _eval_items(eval_n, seed + 7919)
     budget_s = minutes_budget * 60.0
     t_loop = time.perf_counter()
@@ -339,6 +351,19 @@ def ensure_teacher(out_dir: str | os.PathLike, minutes_budget: float = 7.0, **kw
             load_teacher(out)  # fails loudly (ModelError) if the files were damaged
             return {**saved["report"], "cached": True}
     return {**train_teacher(out, minutes_budget, **kwargs), "cached": False}
+
+
+def teacher_is_current(out_dir: str | os.PathLike, minutes_budget: float = 7.0, **kwargs) -> bool:
+    """Whether :func:`ensure_teacher` with these arguments would reuse ``out_dir`` without training."""
+    marker = Path(out_dir) / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        saved = json.loads(marker.read_text())
+    except ValueError:
+        return False
+    _silence_hf()
+    return saved.get("config_hash") == _config_hash(_expected_config(minutes_budget, kwargs), build_world_tokenizer())
 
 
 def _expected_config(minutes_budget: float, kwargs: dict) -> dict:

@@ -33,6 +33,10 @@ class WorldSizes:
         default_factory=lambda: {"reasoning": 100, "instruct": 100, "audio_only": 100, "asr": 60}
     )
     unseen_template: dict[str, int] = field(default_factory=lambda: {"reasoning": 60, "instruct": 60})
+    #: X-OPD's prompt pool: more spoken questions from the training distribution, disjoint from ``train``
+    #: (X-OPD needs prompts, not references, so it is not limited to the labelled SFT set; a student that
+    #: memorised its SFT questions gets no on-policy signal from them).
+    prompts: dict[str, int] = field(default_factory=lambda: {"reasoning": 600, "instruct": 600})
 
     @classmethod
     def quick(cls) -> WorldSizes:
@@ -41,13 +45,28 @@ class WorldSizes:
             test={"reasoning": 4, "instruct": 4, "audio_only": 4, "asr": 4},
             heldout={"reasoning": 4, "instruct": 4, "audio_only": 4, "asr": 4},
             unseen_template={"reasoning": 2, "instruct": 2},
+            prompts={"reasoning": 4, "instruct": 4},
         )
 
     def of(self, split: str) -> dict[str, int]:
         return getattr(self, split)
 
 
-SPLITS = ("train", "test", "heldout", "unseen_template")
+SPLITS = ("train", "test", "heldout", "unseen_template", "prompts")
+
+
+def split_items(split: str, sizes: WorldSizes, seed: int) -> list[WorldItem]:
+    """The items of one split. ``prompts`` continues the ``train`` generator past the items ``train``
+    took (same distribution, voices and noise; never the same problem), re-labelled as split "prompts"."""
+    if split != "prompts":
+        return make_split(split, sizes.of(split), seed=seed, unique=True)
+    out: list[WorldItem] = []
+    for task, n in sizes.prompts.items():
+        skip = sizes.train.get(task, 0)
+        items = make_split("train", {task: skip + n}, seed=seed, unique=True)[skip:]
+        for i, it in enumerate(items):
+            out.append(replace(it, id=f"prompts-{task}-{i:05d}", split="prompts"))
+    return out
 
 
 def item_to_row(item: WorldItem, audio_rel: str) -> dict:
@@ -89,7 +108,7 @@ def build_world_data(
     workers = workers or min(2, os.cpu_count() or 1)
     out = {}
     for split in SPLITS:
-        items = make_split(split, sizes.of(split), seed=seed, unique=True)
+        items = split_items(split, sizes, seed)
         jobs = [SynthJob(it.speak, it.voice, it.noise_snr_db, it.seed) for it in items]
         paths = synthesize_many(
             engine, jobs, audio_root, progress=progress, desc=f"tts {split}", workers=workers

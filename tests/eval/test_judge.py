@@ -126,7 +126,10 @@ def test_row_metric_and_scoring_without_judge() -> None:
         and score_row(rubric, "y") is None
     )
     assert score_row(world, "2 plus 3 is 5. The answer is 5.") == 1.0
-    assert score_row(world, "5") == 0.0  # the mini world's reasoning task requires the answer phrase
+    # issue 15: a numeric answer is found as the last number (GSM8K-style), whatever the task; the mini
+    # world's phrase-only rule stays available as the "world" scorer
+    assert score_row(world, "5") == 1.0 and score_row(world, "2 + 3 = 5") == 1.0
+    assert score_row(world, "5", scorer="world") == 0.0
     assert score_row(other, "2 + 3 = 5") == 1.0
 
 

@@ -20,7 +20,7 @@ from xopd.errors import DataError
 
 SAMPLE_RATE = 16000
 
-__all__ = ["SAMPLE_RATE", "add_noise", "load_audio", "save_wav", "to_mono_16k"]
+__all__ = ["SAMPLE_RATE", "add_noise", "decode_audio_bytes", "load_audio", "save_wav", "to_mono_16k"]
 
 
 def to_mono_16k(
@@ -92,6 +92,25 @@ def load_audio(
             "trim it or raise max_seconds"
         )
     return wav
+
+
+def decode_audio_bytes(data: bytes, name: str = "<bytes>", sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode an encoded audio file held in memory (WAV, FLAC, OGG, MP3: whatever libsndfile reads;
+    the 1.1+ libsndfile that soundfile wheels bundle decodes MP3) to ``[n]`` float32 mono at ``sample_rate``.
+
+    This is how audio embedded in parquet / Arrow datasets (``{"bytes", "path"}`` cells) is read.
+    Raises :class:`DataError` naming ``name`` when the bytes are empty or not decodable.
+    """
+    import io
+
+    if not data:
+        raise DataError(f"{name}: audio bytes are empty")
+    try:
+        wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, ValueError, EOFError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{name}: audio bytes unreadable ({msg})") from e
+    return to_mono_16k(wav, sr, sample_rate, name=name)
 
 
 def save_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

@@ -50,9 +50,20 @@ class Example:
     reference: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     waveform: np.ndarray | None = field(default=None, repr=False, compare=False)  # 16 kHz mono
+    #: an encoded audio file held in memory (audio embedded in parquet / Arrow datasets), decoded on use
+    audio_bytes: bytes | None = field(default=None, repr=False, compare=False)
 
     def load_waveform(self, max_seconds: float | None = None) -> np.ndarray:
-        """``[n]`` float32 16 kHz mono: the in-memory waveform if set, else the audio file."""
+        """``[n]`` float32 16 kHz mono: the in-memory waveform if set, else the encoded bytes, else the file."""
+        if self.waveform is None and self.audio_bytes is not None:
+            from xopd.data.audio import decode_audio_bytes
+
+            wav = decode_audio_bytes(self.audio_bytes, f"example {self.id!r}")
+            if max_seconds is not None and wav.size / SAMPLE_RATE > max_seconds:
+                raise DataError(
+                    f"example {self.id!r}: audio is {wav.size / SAMPLE_RATE:.2f} s, over the {max_seconds:g} s limit"
+                )
+            return wav
         if self.waveform is not None:
             if max_seconds is not None and self.waveform.size / SAMPLE_RATE > max_seconds:
                 raise DataError(

@@ -29,8 +29,13 @@ def generate(
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "generate",
+    prompt_fn: Callable | None = None,
 ) -> list[str]:
-    """Greedy responses (decoded, special tokens dropped) for every example in ``view``."""
+    """Greedy responses (decoded, special tokens dropped) for every example in ``view``.
+
+    ``prompt_fn(example, view) -> Prompt`` builds each prompt (default: the manifest rows' S/T
+    prompt, :func:`xopd.algos.base.make_prompt`; benchmarks pass theirs for multi-turn rows).
+    """
     was_training = model.training
     model.eval()
     texts: list[str] = []
@@ -40,7 +45,8 @@ def generate(
     for i in tqdm(it, desc=desc, disable=not progress, leave=False):
         idx = order[i : i + batch_size]
         chunk = [examples[j] for j in idx]
-        batch = model.embed_prompts(make_prompts(chunk, view))
+        prompts = make_prompts(chunk, view) if prompt_fn is None else [prompt_fn(e, view) for e in chunk]
+        batch = model.embed_prompts(prompts)
         ro = sample(model, batch, 1, max_new_tokens, temperature=0.0)
         for row in range(len(chunk)):
             ids = ro.ids[row][ro.mask[row]].tolist()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from xopd.data.textnorm import normalize_for_wer
-from xopd.eval.judge import Judge, row_metric, score_row
+from xopd.eval.judge import Judge, resolve_scorer, row_metric, score_row
 from xopd.world.scoring import wer
 
 __all__ = ["RUNS", "avg_drops", "benchmark_parts", "build_report", "score_run", "to_markdown", "write_report"]
@@ -52,21 +52,26 @@ def benchmark_parts(name: str, examples: Sequence) -> dict[str, tuple[str, list[
 
 
 def score_run(
-    examples: Sequence, responses: Sequence[str], metric: str, judge: Judge | None = None
+    examples: Sequence, responses: Sequence[str], metric: str, judge: Judge | None = None, scorer: str = "auto"
 ) -> dict[str, Any]:
-    """One run on one benchmark: ``{"score": percent or None, "scored": n, "unscored": n, "per_task": {...}}``.
+    """One run on one benchmark: ``{"score": percent or None, "scored": n, "unscored": n, "per_task": {...},
+    "scorers": {name: rows}}``.
 
     ``metric == "wer"``: ``score`` is the corpus WER in percent (numbers spelled on both sides).
-    Otherwise the mean row score in percent over the rows that could be scored.
+    Otherwise the mean row score in percent over the rows that could be scored; ``scorer`` is the
+    default of rows that do not name their own (:mod:`xopd.eval.judge`).
     """
     if metric == "wer":
         refs = [normalize_for_wer(e.answer or e.reference or e.text) for e in examples]
         hyps = [normalize_for_wer(r) for r in responses]
-        return {"score": 100.0 * wer(refs, hyps), "scored": len(refs), "unscored": 0, "per_task": {}}
+        return {"score": 100.0 * wer(refs, hyps), "scored": len(refs), "unscored": 0, "per_task": {},
+                "scorers": {"wer": len(refs)}}  # fmt: skip
     per_task: dict[str, list[float]] = defaultdict(list)
     unscored = 0
+    used: dict[str, int] = defaultdict(int)
     for ex, resp in zip(examples, responses, strict=True):
-        s = score_row(ex, resp, judge)
+        used[resolve_scorer(ex, scorer)] += 1
+        s = score_row(ex, resp, judge, scorer)
         if s is None:
             unscored += 1
             continue
@@ -77,6 +82,7 @@ def score_run(
         "scored": len(flat),
         "unscored": unscored,
         "per_task": {t: 100.0 * sum(v) / len(v) for t, v in sorted(per_task.items())},
+        "scorers": dict(sorted(used.items())),
     }
 
 
@@ -102,6 +108,15 @@ def avg_drops(
             )
             continue
         base = b["runs"].get(base_run, {}).get("score")
+        if b.get("skipped"):
+            excluded[name] = f"not run: {b['skipped']}"
+            continue
+        if base_run not in b["runs"] and b.get("views") == ["S"]:
+            excluded[name] = "no text view (T) in this copy, so no base: reported, not averaged"
+            continue
+        if b["runs"].get(base_run, {}).get("skipped"):
+            excluded[name] = f"not scored: {b['runs'][base_run]['skipped']}"
+            continue
         if base is None or base <= 0:
             excluded[name] = f"base ({base_run}) score is {base}: the relative drop is undefined"
             continue
@@ -151,38 +166,85 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _row(name: str, b: dict[str, Any]) -> str:
+    r = b["runs"]
+    metric = b.get("unit") or {"wer": "WER % (lower better)", "audio_only": "audio-only %"}.get(b["metric"], "score %")
+    return (
+        f"| {name} | {metric} | {b['n']} | {_fmt(r.get('student_S', {}).get('score'))} | "
+        f"{_fmt(r.get('student_T', {}).get('score'))} | {_fmt(r.get('teacher_T', {}).get('score'))} | "
+        f"{_fmt(b.get('drop_S'))} | {_fmt(b.get('drop_T'))} |"
+    )
+
+
+def _details(name: str, b: dict[str, Any]) -> list[str]:
+    out = []
+    for run, r in b["runs"].items():
+        if r.get("skipped"):
+            out.append(f"- `{name}` {run}: skipped ({r['skipped']})")
+        for key, value in (r.get("details") or {}).items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in value.items())
+            elif isinstance(value, float):
+                value = _fmt(value)
+            out.append(f"- `{name}` {run} {key}: {value}")
+    return out
+
+
 def to_markdown(report: dict[str, Any]) -> str:
-    """The S/T table: one row per benchmark, then the Avg. Drop row and the notes."""
+    """The S/T table (one row per benchmark, then the Avg. Drop row), one table per benchmark
+    suite (its subsets and per-split / per-category details), the scorers and the notes."""
+    header = [
+        "| Benchmark | Metric | N | Student S | Student T | Teacher T | Drop S % | Drop T % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     lines = [
         f"Student: `{report['student']}`  ",
         f"Teacher: `{report['teacher'] or '(none)'}`  ",
         f"Base for Avg. Drop: {report['base_note']}",
         "",
-        "| Benchmark | Metric | N | Student S | Student T | Teacher T | Drop S % | Drop T % |",
-        "|---|---|---|---|---|---|---|---|",
+        *header,
     ]
     for name, b in report["benchmarks"].items():
-        r = b["runs"]
-        metric = {"wer": "WER % (lower better)", "audio_only": "audio-only %"}.get(b["metric"], "score %")
-        lines.append(
-            f"| {name} | {metric} | {b['n']} | {_fmt(r.get('student_S', {}).get('score'))} | "
-            f"{_fmt(r.get('student_T', {}).get('score'))} | {_fmt(r.get('teacher_T', {}).get('score'))} | "
-            f"{_fmt(b.get('drop_S'))} | {_fmt(b.get('drop_T'))} |"
-        )
+        lines.append(_row(name, b))
     lines.append(
         f"| **Avg. Drop** | | | | | | **{_fmt(report.get('avg_drop_S'))}** | **{_fmt(report.get('avg_drop_T'))}** |"
     )
+    terms = report.get("avg_drop_benchmarks") or []
+    lines += ["", f"Avg. Drop = mean over {len(terms)} benchmarks of 100 * (base - x) / base: "
+              + (", ".join(f"`{t}`" for t in terms) or "none")]  # fmt: skip
+    groups: dict[str, list[str]] = {}
+    for name, b in report["benchmarks"].items():
+        if b.get("benchmark"):
+            groups.setdefault(b["benchmark"], []).append(name)
+    for group, names in groups.items():
+        lines += ["", f"### {group}", "", *header]
+        lines += [_row(n, report["benchmarks"][n]) for n in names]
+        details = [d for n in names for d in _details(n, report["benchmarks"][n])]
+        lines += ["", *details] if details else []
+    scorers = []
+    for name, b in report["benchmarks"].items():
+        if b.get("scorer"):
+            scorers.append(f"- `{name}`: {b['scorer']}" + (f"; rules: {b['rules']}" if b.get("rules") else ""))
+        else:
+            used = next((r.get("scorers") for r in b["runs"].values() if r.get("scorers")), None)
+            if used:
+                scorers.append(f"- `{name}`: " + ", ".join(f"{k} ({v} rows)" for k, v in used.items()))
+    if scorers:
+        lines += ["", "Scorers:", *scorers]
     notes = []
     for name, why in report.get("excluded_from_avg_drop", {}).items():
         notes.append(f"- `{name}` not in Avg. Drop: {why}")
     for name, b in report["benchmarks"].items():
-        un = {k: v.get("unscored", 0) for k, v in b["runs"].items() if v.get("unscored")}
+        un = {k: v.get("unscored", 0) for k, v in b["runs"].items() if v.get("unscored") and not v.get("skipped")}
         if un:
             notes.append(
-                f"- `{name}`: rows without a usable scorer (open-ended without --judge-url, or no answer): {un}"
+                f"- `{name}`: rows without a usable score (open-ended without a judge, unparsed judge reply, "
+                f"or no answer): {un}"
             )
         if b.get("skipped_rows"):
             notes.append(f"- `{name}`: manifest rows skipped: {b['skipped_rows']}")
+        for note in b.get("notes") or []:
+            notes.append(f"- `{name}`: {note}")
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ import importlib
 _EXPORTS = {
     "PolicyModel": "xopd.models.base",
     "Prompt": "xopd.models.base",
+    "Turn": "xopd.models.base",
     "PromptBatch": "xopd.models.base",
     "left_pad": "xopd.models.base",
     "causal_lm_forward": "xopd.models.base",

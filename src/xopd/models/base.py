@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -30,21 +30,48 @@ from torch import nn
 from xopd.errors import ModelError
 
 VIEWS = ("S", "T")
+ROLES = ("user", "assistant")
+
+
+@dataclass
+class Turn:
+    """One earlier turn of a conversation (:attr:`Prompt.history`).
+
+    A ``user`` turn carries ``text`` (T view: the transcript; S view: an optional instruction) and/or
+    ``audio`` (S view: the spoken turn, 16 kHz mono float32); an ``assistant`` turn carries ``text``.
+    """
+
+    role: str
+    text: str | None = None
+    audio: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"Turn.role must be one of {ROLES}, got {self.role!r}")
+        if self.role == "assistant" and (self.audio is not None or self.text is None):
+            raise ValueError("an assistant turn needs text and no audio")
+        if self.role == "user" and self.audio is None and not (self.text or "").strip():
+            raise ValueError("a user turn needs text or audio")
 
 
 @dataclass
 class Prompt:
-    """One user turn.
+    """The user turn to answer, optionally after a conversation ``history``.
 
     ``view == "T"``: ``text`` is the written prompt (transcript T), ``audio`` is None.
     ``view == "S"``: ``audio`` is the spoken prompt (16 kHz mono float32); ``text`` is an optional
     instruction that accompanies the audio (e.g. "Is the speaker fast or slow?"), usually None.
+    ``history``: earlier turns, oldest first (multi-turn benchmarks). In the T view every user turn
+    is text (the transcripts: what the text teacher sees); in the S view user turns may carry audio,
+    spliced at one audio placeholder per turn. An empty history is the single-turn prompt, rendered
+    exactly as before.
     """
 
     text: str | None
     audio: np.ndarray | None = None
     view: str = "T"
     system: str | None = None
+    history: list[Turn] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
@@ -53,6 +80,8 @@ class Prompt:
             raise ValueError("a speech-view (S) prompt needs audio")
         if self.view == "T" and not (self.text or "").strip():
             raise ValueError("a text-view (T) prompt needs non-empty text")
+        if self.view == "T" and any(t.audio is not None for t in self.history):
+            raise ValueError("a text-view (T) prompt's history must be text only (use the transcripts)")
 
 
 @dataclass
@@ -195,11 +224,33 @@ class PolicyModel(nn.Module, ABC):
         """Token ids of one user turn in this model's chat template, ready for the assistant reply."""
         return render_chat_ids(self.tokenizer, content, system)
 
+    def text_prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of a T-view prompt (with its history, if any) in this model's chat template."""
+        if not prompt.history:
+            return self.chat_ids(prompt.text or "", prompt.system)
+        return render_messages_ids(self.tokenizer, conversation(prompt, lambda text, audio: text or ""))
+
 
 DEFAULT_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+
+
+def conversation(prompt: Prompt, user_content: Callable[[str | None, bool], str]) -> list[dict]:
+    """Chat messages of ``prompt``: its system prompt, its history, then the turn to answer.
+
+    ``user_content(text, has_audio)`` renders a user turn's content (a speech model puts its audio
+    placeholder there); assistant turns are their text. The final turn has audio in the S view.
+    """
+    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    for turn in prompt.history:
+        if turn.role == "assistant":
+            messages.append({"role": "assistant", "content": turn.text or ""})
+        else:
+            messages.append({"role": "user", "content": user_content(turn.text, turn.audio is not None)})
+    messages.append({"role": "user", "content": user_content(prompt.text, prompt.view == "S")})
+    return messages
 
 
 def render_chat_ids(tokenizer, content: str, system: str | None = None) -> list[int]:
@@ -208,11 +259,16 @@ def render_chat_ids(tokenizer, content: str, system: str | None = None) -> list[
     Tokenizers without a chat template are an error rather than a silent guess: the teacher's and
     the student's prompt format is exactly what the distillation signal depends on.
     """
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    return render_messages_ids(tokenizer, messages)
+
+
+def render_messages_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Apply the tokenizer's own chat template to a conversation (+ generation prompt)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat_template: set one "
             "(tokenizer.chat_template = ...; save_pretrained) before using it with xopd"
         )
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from xopd.errors import ModelError
-from xopd.models.base import PolicyModel, Prompt, PromptBatch, left_pad, render_chat_ids
+from xopd.models.base import (
+    PolicyModel,
+    Prompt,
+    PromptBatch,
+    conversation,
+    left_pad,
+    render_chat_ids,
+    render_messages_ids,
+)
 
 
 def _base(model: nn.Module) -> nn.Module:
@@ -119,41 +127,67 @@ class Qwen2AudioStudent(PolicyModel):
         proj = base.multi_modal_projector(hidden)
         return proj.to(self.model.get_input_embeddings().weight.dtype), out_lens
 
-    def prompt_ids(self, prompt: Prompt, n_audio: int | None = None) -> list[int]:
-        """Chat-templated ids of one prompt; for S the ``<|AUDIO|>`` is expanded to ``n_audio`` copies."""
+    def prompt_ids(self, prompt: Prompt, n_audio: int | Sequence[int] | None = None) -> list[int]:
+        """Chat-templated ids of one prompt; for S each ``<|AUDIO|>`` is expanded to its clip's token count.
+
+        ``n_audio``: one count per audio clip in conversation order (history turns first, then the
+        prompt's own clip); an int for a single-turn prompt. Audio items are numbered across the
+        conversation ("Audio 1:", "Audio 2:", ...) as Qwen2-Audio's chat template does.
+        """
         if prompt.view == "T":
-            return self.chat_ids(prompt.text or "", prompt.system)
-        content = self.audio_prompt + (prompt.text or "")
-        ids = render_chat_ids(self.tokenizer, content, prompt.system)
+            return self.text_prompt_ids(prompt)
+        if not prompt.history:
+            ids = render_chat_ids(self.tokenizer, self.audio_prompt + (prompt.text or ""), prompt.system)
+        else:
+            count = iter(range(1, 1000))
+
+            def content(text: str | None, audio: bool) -> str:
+                if not audio:
+                    return text or ""
+                return self.audio_prompt.replace("Audio 1:", f"Audio {next(count)}:") + (text or "")
+
+            ids = render_messages_ids(self.tokenizer, conversation(prompt, content))
         where = [k for k, i in enumerate(ids) if i == self.audio_token_id]
-        if len(where) != 1:
+        need = 1 + sum(t.audio is not None for t in prompt.history)
+        if len(where) != need:
             raise ModelError(
-                f"Qwen2-Audio chat template rendered {len(where)} {self.audio_token!r} tokens (need exactly 1): "
+                f"Qwen2-Audio chat template rendered {len(where)} {self.audio_token!r} tokens (need exactly {need}): "
                 "the template must keep the user content verbatim and the instruction must not contain it"
             )
-        k = where[0]
-        return ids[:k] + [self.audio_token_id] * int(n_audio if n_audio is not None else 1) + ids[k + 1 :]
+        counts = [n_audio] if n_audio is None or isinstance(n_audio, int) else list(n_audio)
+        out, prev = [], 0
+        for k, n in zip(where, counts, strict=True):
+            out += ids[prev:k] + [self.audio_token_id] * int(n if n is not None else 1)
+            prev = k + 1
+        return out + ids[prev:]
 
     def embed_prompts(self, prompts: Sequence[Prompt]) -> PromptBatch:
         if not prompts:
             raise ValueError("embed_prompts needs at least one prompt")
         emb = self.model.get_input_embeddings()
-        s_idx = [i for i, p in enumerate(prompts) if p.view == "S"]
+        clips, first = [], {}  # every clip of the batch (history turns first), first clip index per prompt
+        for i, p in enumerate(prompts):
+            if p.view == "S":
+                first[i] = len(clips)
+                clips += [t.audio for t in p.history if t.audio is not None] + [p.audio]
         audio, n_tok = (None, None)
-        if s_idx:
-            audio, n_tok = self.encode_audio([prompts[i].audio for i in s_idx])
-        slot = {i: j for j, i in enumerate(s_idx)}
+        if clips:
+            audio, n_tok = self.encode_audio(clips)
         rows = []
         for i, p in enumerate(prompts):
             if p.view == "T":
                 rows.append(emb(torch.tensor(self.prompt_ids(p), device=self.device)))
                 continue
-            j = slot[i]
-            n = int(n_tok[j])
-            ids = self.prompt_ids(p, n)
-            k = ids.index(self.audio_token_id)
+            js = range(first[i], first[i] + 1 + sum(t.audio is not None for t in p.history))
+            counts = [int(n_tok[j]) for j in js]
+            ids = self.prompt_ids(p, counts if p.history else counts[0])
             e = emb(torch.tensor(ids, device=self.device))
-            rows.append(torch.cat([e[:k], audio[j, :n], e[k + n :]], dim=0))
+            pieces, prev, pos = [], 0, 0
+            for j, n in zip(js, counts):
+                k = ids.index(self.audio_token_id, pos)
+                pieces += [e[prev:k], audio[j, :n]]
+                prev = pos = k + n
+            rows.append(torch.cat([*pieces, e[prev:]], dim=0))
         return left_pad(rows)
 
     # -- training helpers ---------------------------------------------------------------------------

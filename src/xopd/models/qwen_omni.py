@@ -166,7 +166,12 @@ class OmniThinkerStudent(PolicyModel):
     def prompt_ids(self, prompt: Prompt, n_audio: int | None = None) -> list[int]:
         """Chat-templated ids; for S the audio token is expanded to ``n_audio`` copies."""
         if prompt.view == "T":
-            return self.chat_ids(prompt.text or "", prompt.system)
+            return self.text_prompt_ids(prompt)
+        if prompt.history:
+            raise ModelError(
+                "the Omni thinker adapter takes single-turn spoken prompts only; multi-turn audio "
+                "(Prompt.history) is supported by SpeechLLM and Qwen2-Audio students"
+            )
         ids = render_chat_ids(self.tokenizer, self.audio_prompt + (prompt.text or ""), prompt.system)
         where = [k for k, i in enumerate(ids) if i == self.audio_token_id]
         if len(where) != 1:

@@ -30,7 +30,15 @@ from torch import nn
 
 from xopd.errors import ModelError
 from xopd.models.adapter import CTCAdapter
-from xopd.models.base import PolicyModel, Prompt, PromptBatch, left_pad, render_chat_ids
+from xopd.models.base import (
+    PolicyModel,
+    Prompt,
+    PromptBatch,
+    conversation,
+    left_pad,
+    render_chat_ids,
+    render_messages_ids,
+)
 from xopd.models.encoder import AudioEncoder
 from xopd.models.projector import FrameStackProjector
 
@@ -221,34 +229,53 @@ class SpeechLLM(PolicyModel):
         """The user-turn text of an S prompt: the placeholder, then the instruction if there is one."""
         return self.audio_token if not prompt.text else f"{self.audio_token}\n{prompt.text}"
 
+    def _turn_content(self, text: str | None, has_audio: bool) -> str:
+        """A user turn of a conversation: the placeholder (+ instruction) when spoken, else its text."""
+        if not has_audio:
+            return text or ""
+        return self.audio_token if not text else f"{self.audio_token}\n{text}"
+
     def embed_prompts(self, prompts: Sequence[Prompt]) -> PromptBatch:
-        """Chat-template every prompt; S prompts get their audio frames spliced at the placeholder."""
+        """Chat-template every prompt; S prompts get their audio frames spliced at the placeholder.
+
+        With a conversation history, each spoken user turn has its own placeholder, filled in order.
+        """
         if not prompts:
             raise ValueError("embed_prompts needs at least one prompt")
         emb = self.lm.get_input_embeddings()
-        s_idx = [i for i, p in enumerate(prompts) if p.view == "S"]
+        clips, first = [], {}  # every clip of the batch (history turns first), first clip index per prompt
+        for i, p in enumerate(prompts):
+            if p.view == "S":
+                first[i] = len(clips)
+                clips += [t.audio for t in p.history if t.audio is not None] + [p.audio]
         audio, n_frames = (None, None)
-        if s_idx:
-            audio, n_frames = self.encode_audio([prompts[i].audio for i in s_idx])
-        slot = {i: j for j, i in enumerate(s_idx)}
+        if clips:
+            audio, n_frames = self.encode_audio(clips)
         rows = []
         for i, p in enumerate(prompts):
             if p.view == "T":
-                rows.append(emb(torch.tensor(self.chat_ids(p.text or "", p.system), device=self.device)))
+                rows.append(emb(torch.tensor(self.text_prompt_ids(p), device=self.device)))
                 continue
-            ids = torch.tensor(
-                render_chat_ids(self.tokenizer, self.speech_content(p), p.system), device=self.device
-            )
-            where = (ids == self.audio_token_id).nonzero().flatten()
-            if where.numel() != 1:
+            if p.history:
+                messages = conversation(p, self._turn_content)
+                ids = torch.tensor(render_messages_ids(self.tokenizer, messages), device=self.device)
+            else:
+                ids = torch.tensor(
+                    render_chat_ids(self.tokenizer, self.speech_content(p), p.system), device=self.device
+                )
+            where = (ids == self.audio_token_id).nonzero().flatten().tolist()
+            need = 1 + sum(t.audio is not None for t in p.history)
+            if len(where) != need:
                 raise ModelError(
                     f"the chat template of {getattr(self.tokenizer, 'name_or_path', '?')!r} rendered "
-                    f"{where.numel()} audio placeholder tokens {self.audio_token!r} (need exactly 1): the "
+                    f"{len(where)} audio placeholder tokens {self.audio_token!r} (need exactly {need}): the "
                     "template must keep the user content verbatim and the instruction must not contain it"
                 )
-            k, j = int(where[0]), slot[i]
-            e = emb(ids)
-            rows.append(torch.cat([e[:k], audio[j, : int(n_frames[j])], e[k + 1 :]], dim=0))
+            e, pieces, prev = emb(ids), [], 0
+            for j, k in enumerate(where, start=first[i]):
+                pieces += [e[prev:k], audio[j, : int(n_frames[j])]]
+                prev = k + 1
+            rows.append(torch.cat([*pieces, e[prev:]], dim=0))
         return left_pad(rows)
 
     # -- training helpers ---------------------------------------------------------------------------

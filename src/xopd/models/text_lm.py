@@ -32,9 +32,9 @@ class TextLM(PolicyModel):
         rows = []
         emb = self.lm.get_input_embeddings()
         for p in prompts:
-            if p.audio is not None:
+            if p.audio is not None or any(t.audio is not None for t in p.history):
                 raise ModelError("a text LM cannot take audio: give it the transcript (view T)")
-            ids = torch.tensor(self.chat_ids(p.text or "", p.system), device=self.device)
+            ids = torch.tensor(self.text_prompt_ids(p), device=self.device)
             rows.append(emb(ids))
         return left_pad(rows)
 

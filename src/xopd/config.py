@@ -167,7 +167,8 @@ def add_help_for(parser: argparse.ArgumentParser, cls: type) -> None:
         group.add_argument(
             f"--{f.name}",
             metavar=tname,
-            help=f"{f.metadata.get('help', '')} (default: {default})",
+            # argparse %-formats help strings: a literal "%" (e.g. "95 %") must reach it as "%%"
+            help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"),
             default=argparse.SUPPRESS,
             **extra,
         )

@@ -147,14 +147,19 @@ def test_grpo_rows_without_answer_fail_clearly(models, tiny_world, tmp_path):
 
 # ----------------------------------------------------------------------------- GKD
 def _spy_sample(monkeypatch, module):
+    """Record which model every rollout samples (through ``Algorithm.rollout`` or ``module.sample``)."""
+    import xopd.algos.rollout as rollout_mod
+
     calls = []
-    orig = module.sample
+    orig = rollout_mod.sample
 
     def spy(model, *a, **k):
         calls.append(model)
         return orig(model, *a, **k)
 
-    monkeypatch.setattr(module, "sample", spy)
+    monkeypatch.setattr(rollout_mod, "sample", spy)
+    if hasattr(module, "sample"):
+        monkeypatch.setattr(module, "sample", spy)
     return calls
 
 

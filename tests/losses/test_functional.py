@@ -176,6 +176,8 @@ def test_gather_logprobs_and_sft_match_torch():
     ce = F.cross_entropy(logits.reshape(-1, 6), labels.reshape(-1), reduction="none").reshape(3, 4)
     torch.testing.assert_close(sft_cross_entropy(logits, labels, MASK), ce)
     torch.testing.assert_close(sft_cross_entropy(logits, labels, torch.ones(3, 4)), ce)  # -100 ignored
+    ce_ls = F.cross_entropy(logits.reshape(-1, 6), labels.reshape(-1), reduction="none", label_smoothing=0.1)
+    torch.testing.assert_close(sft_cross_entropy(logits, labels, MASK, label_smoothing=0.1), ce_ls.reshape(3, 4))
 
 
 def test_kl_references():

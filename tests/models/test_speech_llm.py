@@ -308,3 +308,33 @@ def test_encoder_cache_is_shared_and_can_store_fp16(tiny_student_dir):
     assert out.dtype == ref.dtype and n.tolist() == ref_n.tolist()
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
     clear_shared_encoder_caches()
+
+
+def test_encoder_cache_file_round_trip(tiny_student_dir, tmp_path):
+    """A saved cache, loaded into a fresh process-private cache, gives the clips back bit for bit."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from xopd.errors import ModelError
+    from xopd.models.speech_llm import SpeechLLM
+
+    rng = np.random.default_rng(2)
+    wavs = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (5000, 3000)]
+    a = SpeechLLM.from_pretrained(tiny_student_dir).eval()
+    a.freeze(encoder=True)  # only a frozen tower's output may be cached
+    a.enable_encoder_cache(shared=False)
+    with pytest.raises(ModelError, match="not enabled"):
+        SpeechLLM.from_pretrained(tiny_student_dir).save_encoder_cache(tmp_path / "x.safetensors")
+    with torch.no_grad():
+        ref, ref_n = a.encode_audio(wavs)
+    assert a.save_encoder_cache(tmp_path / "cache.safetensors") == 2
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temporary left behind
+    b = SpeechLLM.from_pretrained(tiny_student_dir).eval().enable_encoder_cache(shared=False)
+    assert b.load_encoder_cache(tmp_path / "cache.safetensors") == 2
+    assert b.load_encoder_cache(tmp_path / "cache.safetensors") == 0  # already there
+    for k, v in a._encoder_cache.items():
+        assert torch.equal(b._encoder_cache[k], v)
+    half = SpeechLLM.from_pretrained(tiny_student_dir).eval().enable_encoder_cache(shared=False, dtype="float16")
+    with pytest.raises(ModelError, match="stored as"):
+        half.load_encoder_cache(tmp_path / "cache.safetensors")

@@ -119,3 +119,13 @@ def test_replay_config_errors(tiny_world, tmp_path):
     bad = main(_args(tiny_world, tmp_path / "r", 1, "--replay_manifest", str(empty), "--replay_batch", "2"))
     assert bad == 1  # DataError: the manifest is empty
     assert main(_args(tiny_world, tmp_path / "r2", 1, "--replay_batch", "-1")) == 2
+
+
+def test_every_command_help_renders(capsys):
+    """argparse %-formats help text: a literal '%' in a field's help once crashed `xopd demo --help`."""
+    for command in (["demo"], ["reproduce"], ["train"], ["eval"], ["bench"], ["synth"], ["data", "check"],
+                    ["models", "prepare"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0, command
+        assert "usage:" in capsys.readouterr().out

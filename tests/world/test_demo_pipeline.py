@@ -24,7 +24,7 @@ def test_quick_demo_report_schema(tmp_path):
                 assert 0.0 <= r[bench]["S"] <= 1.0 and 0.0 <= r[bench]["T"] <= 1.0
             for key in ("avg_drop_S", "avg_drop_T", "audio_only_acc", "asr_wer"):
                 assert key in r
-    assert set(rep["stage_seconds"]) == {"data", "teacher", "hearing", "stage1", "xopd", "eval"}
+    assert set(rep["stage_seconds"]) == {"data", "encode", "teacher", "hearing", "stage1", "xopd", "eval"}
     for split in ("test", "heldout"):  # what the front end hears, and the cascade on it
         h = rep["hearing"][split]
         assert 0.0 <= h["numbers_right"] <= 1.0 and h["token_error"] >= 0.0

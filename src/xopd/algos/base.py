@@ -64,3 +64,27 @@ class Algorithm(ABC):
     @abstractmethod
     def step(self, examples: Sequence[Example], generator: torch.Generator) -> StepOutput:
         """Loss for one micro-batch (rollouts included for on-policy algorithms)."""
+
+    def rollout(self, model: PolicyModel, prompts, n: int, generator: torch.Generator, stream: int = 0,
+                vocab_limit: int | None = None):
+        """Sample ``n`` responses per prompt the way every on-policy algorithm here does.
+
+        Per-prompt seeds come from the trainer's step generator (``prompt_seeds``, one per example, from
+        (seed, step, position in the global batch)), mixed with ``stream`` so that two rollouts of one
+        step (X-OPD's S and T views) draw independently. A prompt's samples are then the same whatever
+        micro-batch or rank it lands in, so algorithms differ only in what they do with the samples.
+        ``prompts`` is a :class:`~xopd.models.base.PromptBatch` whose rows follow the examples (repeated
+        once per stream block, as X-OPD's views are).
+        """
+        from xopd.algos.rollout import derive_seed, sample
+
+        cfg = self.cfg
+        seeds = getattr(generator, "prompt_seeds", None)
+        rows = prompts.embeds.shape[0]
+        row_seeds = None
+        if seeds is not None:
+            blocks = rows // len(seeds)
+            row_seeds = [derive_seed(s, stream + b) for b in range(blocks) for s in seeds]
+        return sample(model, prompts, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
+                      vocab_limit=self.vocab_limit if vocab_limit is None else vocab_limit, row_seeds=row_seeds,
+                      fast_decode=cfg.fast_decode, decode_threads=cfg.decode_threads)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.rollout import response_logits, sample
+from xopd.algos.rollout import response_logits
 from xopd.algos.sft import reference_of, tokenize_responses
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError
@@ -55,31 +55,11 @@ class GKD(Algorithm):
         with torch.no_grad():
             if on_policy:
                 n = cfg.n_samples
-                ro = sample(
-                    student,
-                    student.embed_prompts(s_prompts),
-                    n,
-                    cfg.max_new_tokens,
-                    cfg.temperature,
-                    cfg.top_p,
-                    cfg.top_k,
-                    generator,
-                    vocab_limit=self.vocab_limit,
-                )
+                ro = self.rollout(student, student.embed_prompts(s_prompts), n, generator)
                 ids, mask, generated = ro.ids, ro.mask, ro.num_tokens
             elif cfg.gkd_seq_kd:
                 n = 1
-                ro = sample(
-                    teacher,
-                    teacher.embed_prompts(t_prompts),
-                    n,
-                    cfg.max_new_tokens,
-                    cfg.temperature,
-                    cfg.top_p,
-                    cfg.top_k,
-                    generator,
-                    vocab_limit=self.vocab_limit,
-                )
+                ro = self.rollout(teacher, teacher.embed_prompts(t_prompts), n, generator, stream=2)
                 ids, mask, generated = ro.ids, ro.mask, ro.num_tokens
             else:
                 n = 1
@@ -91,10 +71,10 @@ class GKD(Algorithm):
                     cfg.max_new_tokens,
                     student.device,
                 )
-            t_batch = teacher.embed_prompts(t_prompts).repeat_interleave(n)
-            t_logits = response_logits(teacher, t_batch, ids, mask)[..., : self.vocab_limit]
-        s_batch = student.embed_prompts(s_prompts).repeat_interleave(n)
-        s_logits = response_logits(student, s_batch, ids, mask)[..., : self.vocab_limit]
+            t_batch = teacher.embed_prompts(t_prompts)  # each prompt once: its n responses share it
+            t_logits = response_logits(teacher, t_batch, ids, mask, n=n)[..., : self.vocab_limit]
+        s_batch = student.embed_prompts(s_prompts)
+        s_logits = response_logits(student, s_batch, ids, mask, n=n)[..., : self.vocab_limit]
         per_tok = generalized_jsd(
             s_logits, t_logits, mask, beta=cfg.gkd_beta, chunk_size=cfg.logprob_chunk or None
         )

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.rollout import response_logits, sample
+from xopd.algos.rollout import response_logits
 from xopd.data.manifest import Example
 from xopd.errors import DataError
 from xopd.losses import aggregate, entropy_from_logits, gather_logprobs, policy_gradient_loss
@@ -107,24 +107,14 @@ class GRPO(Algorithm):
         vocab = sampling_vocab(student, self.vocab_limit)
         prompts = make_prompts(examples, "S", cfg.max_audio_seconds)
         with torch.no_grad():
-            ro = sample(
-                student,
-                student.embed_prompts(prompts),
-                n,
-                cfg.max_new_tokens,
-                cfg.temperature,
-                cfg.top_p,
-                cfg.top_k,
-                generator,
-                vocab_limit=vocab,
-            )
+            ro = self.rollout(student, student.embed_prompts(prompts), n, generator, vocab_limit=vocab)
         texts = decode_responses(student.tokenizer, ro.ids, ro.mask)
         rewards = self.rewards(examples, texts, ro.prompt_index)
         seq_adv = group_advantages(rewards, n, getattr(cfg, "grpo_scale_std", True)).to(ro.logprobs.device)
         adv = torch.where(ro.mask, seq_adv[:, None].expand_as(ro.logprobs), 0.0)
 
-        s_train = student.embed_prompts(prompts).repeat_interleave(n)
-        s_logits = response_logits(student, s_train, ro.ids, ro.mask)[..., :vocab]
+        s_train = student.embed_prompts(prompts)  # each prompt once: its n samples share it
+        s_logits = response_logits(student, s_train, ro.ids, ro.mask, n=n)[..., :vocab]
         s_lp = gather_logprobs(
             s_logits, ro.ids, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk or None
         )

@@ -374,7 +374,10 @@ def _shared_prompt_ok(model: PolicyModel) -> bool:
     """Whether ``model`` can score n responses against ONE forward of their shared prompt: its LM must
     return a KV cache that gradients flow through (HF gradient checkpointing turns the cache off)."""
     lm = model.causal_lm()
-    return bool(getattr(model, "shared_prompt_ok", True)) and not getattr(lm, "is_gradient_checkpointing", False)
+    # transformers 5 renamed is_gradient_checkpointing (now deprecated, with a warning per call)
+    name = "is_activation_checkpointing" if hasattr(type(lm), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    return bool(getattr(model, "shared_prompt_ok", True)) and not getattr(lm, name, False)
 
 
 _FALLBACK_SAID: set[str] = set()

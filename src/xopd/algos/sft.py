@@ -54,7 +54,7 @@ class SFT(Algorithm):
                                        cfg.max_new_tokens, student.device)
         batch = student.embed_prompts(make_prompts(examples, view, cfg.max_audio_seconds))
         logits = response_logits(student, batch, ids, mask)
-        nll = sft_cross_entropy(logits, ids, mask)
+        nll = sft_cross_entropy(logits, ids, mask, label_smoothing=cfg.label_smoothing)
         loss = aggregate(nll, mask, cfg.agg)
         return StepOutput(loss=loss, metrics={"nll": float(loss.detach()),
                                               "response_len": float(mask.sum(-1).float().mean())},

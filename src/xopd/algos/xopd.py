@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.rollout import derive_seed, response_logits, response_logprobs, sample
+from xopd.algos.rollout import response_logits, response_logprobs
 from xopd.data.manifest import Example
 from xopd.losses import (
     advantage,
@@ -40,20 +40,6 @@ def view_weights(lam: float) -> list[tuple[str, float]]:
     return [(v, w) for v, w in (("S", 1.0 - lam), ("T", lam)) if w > 0.0]
 
 
-def view_row_seeds(generator: torch.Generator, views: list[tuple[str, float]]) -> list[int] | None:
-    """Per-prompt sampling seeds for the rollout's prompt order (views x examples), or None.
-
-    The trainer's step generator carries ``prompt_seeds`` (one per example, from (seed, step, global
-    position)); each view gets its own stream, so a prompt's S and T samples are independent and do not
-    depend on which rank or micro-batch it is in. Plain generators (direct callers) give None:
-    ``sample`` then draws from the generator itself.
-    """
-    seeds = getattr(generator, "prompt_seeds", None)
-    if seeds is None:
-        return None
-    return [derive_seed(s, VIEW_STREAM[view]) for view, _ in views for s in seeds]
-
-
 class XOPD(Algorithm):
     name = "xopd"
 
@@ -70,10 +56,8 @@ class XOPD(Algorithm):
         # 1. rollout (no grad; the sampling log-probs are pi_old)
         with torch.no_grad():
             s_batch = student.embed_prompts(s_prompts)
-            ro = sample(student, s_batch, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                        generator, vocab_limit=self.vocab_limit, row_seeds=view_row_seeds(generator, views),
-                        fast_decode=getattr(cfg, "fast_decode", True),
-                        decode_threads=getattr(cfg, "decode_threads", 0))
+            # one stream per view (S = 0, T = 1): a prompt's S and T samples are independent
+            ro = self.rollout(student, s_batch, n, generator, stream=VIEW_STREAM[views[0][0]])
             # 2. teacher scores the same token ids given T
             t_batch = teacher.embed_prompts(t_prompts)  # each prompt once: its n responses share it
             direct = cfg.loss != "pg"

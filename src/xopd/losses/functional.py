@@ -183,15 +183,21 @@ def entropy_from_logits(
     return _run_rows(rows, m.reshape(-1), [logits.reshape(-1, v)], chunk_size).reshape(lead)
 
 
-def sft_cross_entropy(logits: Tensor, labels: Tensor, mask: Tensor, chunk_size: int | None = None) -> Tensor:
+def sft_cross_entropy(logits: Tensor, labels: Tensor, mask: Tensor, chunk_size: int | None = None,
+                      label_smoothing: float = 0.0) -> Tensor:
     """Per-token NLL ``-log softmax(logits)[label]``: ``[B, L, V], [B, L] -> [B, L]``.
 
-    Matches ``F.cross_entropy(reduction='none')``; positions with ``mask`` False or a negative label
-    (the -100 ignore_index convention) return 0.
+    Matches ``F.cross_entropy(reduction='none', label_smoothing=...)``; positions with ``mask`` False or
+    a negative label (the -100 ignore_index convention) return 0. ``label_smoothing`` eps mixes the
+    target with the uniform distribution: ``(1 - eps) * NLL + eps * mean_v(-log p_v)``.
     """
     m = _as_bool(mask) & (labels >= 0)
     lp = gather_logprobs(logits, labels, chunk_size=chunk_size, mask=m)
-    return torch.where(m, -lp, _zero(lp))
+    nll = -lp
+    if label_smoothing:
+        uniform = -torch.log_softmax(logits.float(), dim=-1).mean(-1).to(nll.dtype)
+        nll = (1.0 - label_smoothing) * nll + label_smoothing * uniform
+    return torch.where(m, nll, _zero(lp))
 
 
 # ----------------------------------------------------------------------------- advantages

@@ -198,6 +198,40 @@ class SpeechLLM(PolicyModel):
         self._encoder_cache_dtype = dt
         return self
 
+    def save_encoder_cache(self, path: str | os.PathLike) -> int:
+        """Write the encoder cache to a safetensors file (atomically); returns how many clips it holds.
+
+        A later process that loads it (:meth:`load_encoder_cache`) reuses every encoded clip bit for bit,
+        so a re-run of a pipeline stage gives exactly what the first run gave, without re-encoding."""
+        from safetensors.torch import save_file
+
+        from xopd.training.checkpoint import atomic_path
+
+        if self._encoder_cache is None:
+            raise ModelError("save_encoder_cache: the encoder cache is not enabled (enable_encoder_cache first)")
+        tensors = {k: v.contiguous() for k, v in self._encoder_cache.items()}
+        with atomic_path(Path(path)) as tmp:
+            save_file(tensors, str(tmp), metadata={"dtype": str(self._encoder_cache_dtype)})
+        return len(tensors)
+
+    def load_encoder_cache(self, path: str | os.PathLike) -> int:
+        """Add the clips of a file written by :meth:`save_encoder_cache` (same encoder weights and storage
+        dtype) to the enabled cache; returns how many it added."""
+        from safetensors import safe_open
+
+        if self._encoder_cache is None:
+            raise ModelError("load_encoder_cache: the encoder cache is not enabled (enable_encoder_cache first)")
+        added = 0
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("dtype") != str(self._encoder_cache_dtype):
+                raise ModelError(f"{path}: encoder cache stored as {(f.metadata() or {}).get('dtype')}, "
+                                 f"this model caches {self._encoder_cache_dtype}")
+            for key in f.keys():
+                if key not in self._encoder_cache:
+                    self._encoder_cache[key] = f.get_tensor(key)
+                    added += 1
+        return added
+
     def _encode_cached(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         import hashlib
 

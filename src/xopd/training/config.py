@@ -37,6 +37,7 @@ class TrainConfig:
     jsd_beta: float = field(0.5, help="beta for loss=jsd (0: forward KL, 1: reverse KL)")
     topk: int = field(20, help="k for loss=topk_forward_kl")
     sft_view: str = field("S", choices=("S", "T"), help="prompt view for sft/offline_kd (S: speech, as the paper)")
+    label_smoothing: float = field(0.0, help="sft/offline_kd: label smoothing of the cross-entropy (0 = off)")
     entropy_coef: float = field(0.0, help="entropy bonus weight (0 = off)")
     # -- baselines (DESIGN.md section 3) ---------------------------------------------------------
     gkd_lambda: float = field(0.5, help="gkd: probability that a micro-batch trains on the student's own samples "
@@ -107,6 +108,8 @@ class TrainConfig:
     cache_encoder_dtype: str = field("auto", choices=("auto", "float32", "float16", "bfloat16"),
                                      help="storage dtype of the encoder cache (auto: the encoder's; float16 "
                                      "halves its memory on a large dataset)")
+    encoder_cache_file: str | None = field(None, help="safetensors file of frozen-encoder outputs to preload into "
+                                           "the cache (SpeechLLM.save_encoder_cache; `xopd demo` writes one)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward to save memory")
     autocast_bf16: bool = field(True, help="on CUDA, run forwards under bf16 autocast (weights/optimizer stay "
                                 "in dtype); ignored on CPU, which has no fast bf16")
@@ -142,6 +145,8 @@ class TrainConfig:
                       f"({self.micro_batch_size})")
         if self.clip_eps is not None and self.clip_eps <= 0:
             raise bad("clip_eps", f"must be > 0 or None, got {self.clip_eps}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise bad("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.jsd_beta <= 1.0:
             raise bad("jsd_beta", f"must be in [0, 1], got {self.jsd_beta}")
         for key in ("gkd_lambda", "gkd_beta"):

@@ -225,6 +225,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, replay: list[
         vocab_limit = report.shared_vocab_size
     if cfg.cache_encoder and not cfg.train_encoder and hasattr(student, "enable_encoder_cache"):
         student.enable_encoder_cache(dtype=None if cfg.cache_encoder_dtype == "auto" else cfg.cache_encoder_dtype)
+        if cfg.encoder_cache_file and Path(cfg.encoder_cache_file).is_file():
+            student.load_encoder_cache(cfg.encoder_cache_file)
     student.eval()  # dropout off: the ratio pi/pi_old must be exactly 1 at the first update
     if lora:
         apply_lora(student, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)

@@ -27,6 +27,10 @@ class DemoConfig:
                                    "at teacher_steps first on any machine we measured)")
     teacher_steps: int = field(6000, help="teacher optimizer steps (0 = wall-clock budget only); a step count "
                                "makes the teacher the same on a busy machine")
+    teacher_unpunctuated: float = field(0.1, help="share of the teacher's training questions shown lower case "
+                                        "without punctuation (measured: 0 -> the teacher reads its own "
+                                        "questions but not speech-shaped text; 0.1 keeps test T >= 95 %, 0.2 "
+                                        "cost instruct accuracy)")
     # -- student: the front end that hears (stage 1, hearing) ---------------------------------------------
     encoder: str = field(
         "whisper-tiny.en",
@@ -45,7 +49,9 @@ class DemoConfig:
                                  "front of the words, for what words do not carry: voice, pitch, noise, speed")
     adapter_dim: int = field(192, help="CTC adapter width")
     adapter_layers: int = field(2, help="CTC adapter transformer layers")
-    ctc_steps: int = field(1500, help="stage 1, hearing: CTC steps of the adapter (16 clips a step)")
+    ctc_steps: int = field(1500, help="stage 1, hearing: CTC steps of the adapter (16 clips a step, on the train "
+                           "and X-OPD prompt clips; measured: numbers all heard right in 92/95 % of test questions "
+                           "on the train clips alone, 96/99 % with the prompt clips too)")
     ctc_lr: float = field(1e-3, help="CTC learning rate (AdamW, warm-up then cosine)")
     ctc_punctuation: bool = field(False, help="CTC targets as written (punctuation from pauses) instead of the "
                                   "spoken words; with it the LM's input would be the written prompt and there "
@@ -63,8 +69,11 @@ class DemoConfig:
                            "that sets how large the student's gap is")
     sft_lr: float = field(5e-4, help="stage 1b learning rate")
     stage1_batch: int = field(32, help="stage 1 prompts per step")
+    stage1_label_smoothing: float = field(0.1, help="label smoothing of stage 1's cross-entropy: keeps the "
+                                          "student from becoming certain of its errors, which on-policy "
+                                          "distillation's reverse-KL gradient cannot move (it vanishes as p -> 1)")
     # -- X-OPD ---------------------------------------------------------------------------------------
-    xopd_steps: int = field(120, help="X-OPD optimizer steps")
+    xopd_steps: int = field(300, help="X-OPD optimizer steps (measured on the stage-1 student: 150 steps moved dS little, 600 more; 300 fits the 6-minute re-run budget)")
     xopd_lr: float = field(2e-4, help="X-OPD learning rate")
     xopd_batch: int = field(8, help="X-OPD prompts per step (each sampled n times per view)")
     xopd_n: int = field(4, help="X-OPD samples per prompt and view")
@@ -90,6 +99,9 @@ class DemoConfig:
         for key in ("align_lr", "sft_lr", "xopd_lr", "teacher_minutes", "ctc_lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"demo: '{key}' must be > 0, got {getattr(self, key)}")
+        for key in ("teacher_unpunctuated", "stage1_label_smoothing"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"demo: '{key}' must be in [0, 1), got {getattr(self, key)}")
         if not 0.0 <= self.xopd_lam <= 1.0:
             raise ConfigError(f"demo: 'xopd_lam' must be in [0, 1], got {self.xopd_lam}")
         if self.adapter_dim % 4:

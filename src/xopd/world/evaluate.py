@@ -109,6 +109,7 @@ def evaluate_world(
     max_new_tokens: int = 48,
     batch_size: int = 64,
     cache_dtype: str | None = None,
+    cache_file: str | None = None,
 ) -> dict:
     """``{"teacher": {BENCH: {"T"}}, "teacher_by_split": ..., "models": {name: {split: ...}}}``, plus
     ``hearing`` and ``cascade`` per split when a student has a CTC front end (the first such student's:
@@ -126,6 +127,8 @@ def evaluate_world(
         model = load_student(path)
         if hasattr(model, "enable_encoder_cache"):
             model.enable_encoder_cache(dtype=cache_dtype)
+            if cache_file:
+                model.load_encoder_cache(cache_file)
         if not hearing and getattr(model, "adapter", None) is not None:
             for sp in EVAL_SPLITS:
                 bench = [e for e in splits.get(sp, []) if e.task in BENCHES]

@@ -28,8 +28,9 @@ def _log(msg: str) -> None:
     print(f"[xopd demo] {msg}", file=sys.stderr, flush=True)
 
 
-def load_encoder(encoder: str, cache_root: Path):
-    """The audio tower: pretrained Whisper tiny.en (converted once, cached) or a small random one."""
+def load_encoder(encoder: str, cache_root: Path, seed: int = 0):
+    """The audio tower: pretrained Whisper tiny.en (converted once, cached) or a small random one
+    (initialised from ``seed``, not from whatever the global RNG holds, so two runs in one process agree)."""
     if encoder == "whisper-tiny.en":
         from xopd.models.convert_ct2 import prepare_whisper_tiny_en
 
@@ -37,7 +38,9 @@ def load_encoder(encoder: str, cache_root: Path):
     from xopd.models.encoder import AudioEncoder
     from xopd.models.tiny import tiny_whisper_config
 
-    return AudioEncoder.from_config(tiny_whisper_config(64, 2, 80))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AudioEncoder.from_config(tiny_whisper_config(64, 2, 80))
 
 
 def compose_student(encoder, lm, *, tokenizer=None, stack: int, projector_hidden: int, adapter: dict | None,

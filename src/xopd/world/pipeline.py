@@ -38,6 +38,7 @@ from xopd.world.config import TEACHER_KIND_WEIGHTS, DemoConfig
 from xopd.world.data import WorldSizes, build_world_data, by_task, prompt_asr_rows, text_only_rows
 
 BENCHES = ("reasoning", "instruct")
+ENCODER_CACHE = "hearing/encoder_cache.safetensors"  # the frozen tower's output for every clip
 REHEARSAL_TASKS = ("asr", "audio_only")  # stage 1a's speech tasks; X-OPD's rehearsal rows
 CACHE_DTYPE = "float16"
 
@@ -91,6 +92,12 @@ def _train_cfg(out: Path, **kw) -> TrainConfig:
     return cfg
 
 
+def encoder_cache_file(root: Path) -> str | None:
+    """The hearing stage's file of encoded clips, if it was written (a frozen pretrained tower)."""
+    path = Path(root) / ENCODER_CACHE
+    return str(path) if path.is_file() else None
+
+
 def _final_model(run_dir: Path, steps: int) -> Path:
     return run_dir / f"checkpoint-{steps}" / "model"
 
@@ -100,7 +107,7 @@ def build_student(cfg: DemoConfig, teacher_dir: Path, out_dir: Path, hearing_dir
     the teacher's LM."""
     from xopd.world.frontend import compose_student, load_encoder, transplant_adapter
 
-    enc = load_encoder(cfg.encoder, Path(cfg.output_dir).parent / "cache")
+    enc = load_encoder(cfg.encoder, Path(cfg.output_dir).parent / "cache", cfg.seed)
     student = compose_student(enc, teacher_dir, stack=cfg.stack, projector_hidden=cfg.projector_hidden,
                               adapter=cfg.adapter_kwargs(), seed=cfg.seed)
     if hearing_dir is not None:
@@ -137,31 +144,40 @@ def _teacher_job(out_dir: str, kwargs: dict) -> None:
     ensure_teacher(out_dir, **kwargs)
 
 
-def _hearing_stage(cfg: DemoConfig, root: Path, split: dict[str, list], threads: int) -> Path:
-    """Encode every clip once (into the process-wide cache) and train the CTC adapter; returns the
-    hearing student's directory (its ``adapter.safetensors`` is what stage 1 transplants)."""
+def _encode_stage(cfg: DemoConfig, root: Path, split: dict[str, list]) -> Path:
+    """Build the hearing student and, with a frozen pretrained tower, encode every clip once into the
+    process-wide cache and a file that later processes load (re-runs reuse it bit for bit)."""
     from xopd.models.speech_llm import SpeechLLM
-    from xopd.training.trainer import train as run_train
     from xopd.world.frontend import build_hearing_student, encode_all, load_encoder
 
     hdir = root / "hearing"
     shutil.rmtree(hdir, ignore_errors=True)
-    enc = load_encoder(cfg.encoder, root.parent / "cache")
+    enc = load_encoder(cfg.encoder, root.parent / "cache", cfg.seed)
     init = build_hearing_student(hdir / "init", enc, cfg.adapter_kwargs(), cfg.stack, cfg.projector_hidden, cfg.seed)
-    scratch = cfg.encoder == "scratch"
-    if not scratch:  # a frozen tower: encode every clip now, while the teacher trains
+    if cfg.encoder != "scratch":
         model = SpeechLLM.from_pretrained(init).enable_encoder_cache(dtype=CACHE_DTYPE)
         encode_all(model, [e for exs in split.values() for e in exs])
+        model.save_encoder_cache(root / ENCODER_CACHE)
         del model
+    return init
+
+
+def _ctc_stage(cfg: DemoConfig, root: Path, split: dict[str, list], init: Path, threads: int) -> Path:
+    """Train the CTC adapter on every clip whose transcript may be used (train + X-OPD prompts, never an
+    evaluation split); returns the hearing student's directory (stage 1 transplants its adapter)."""
+    from xopd.training.trainer import train as run_train
+
     if not cfg.ctc_steps:
         return init
-    _log(f"stage hearing: CTC on {len(split['train'])} training clips, {cfg.ctc_steps} steps")
-    ctc_cfg = _train_cfg(hdir / "ctc", algo="ctc", student_path=str(init), train_adapter=True, train_lm=False,
-                         train_encoder=scratch, batch_size=16, micro_batch_size=16, max_steps=cfg.ctc_steps,
-                         lr=cfg.ctc_lr, warmup_steps=max(1, cfg.ctc_steps // 10), lr_scheduler="cosine",
-                         weight_decay=0.01, ctc_punctuation=cfg.ctc_punctuation, seed=cfg.seed, threads=threads)
-    run_train(ctc_cfg, examples=split["train"])
-    return _final_model(hdir / "ctc", cfg.ctc_steps)
+    clips = split["train"] + split.get("prompts", [])
+    _log(f"stage hearing: CTC on {len(clips)} clips, {cfg.ctc_steps} steps")
+    ctc_cfg = _train_cfg(root / "hearing" / "ctc", algo="ctc", student_path=str(init), train_adapter=True,
+                         train_lm=False, train_encoder=cfg.encoder == "scratch", batch_size=16, micro_batch_size=16,
+                         max_steps=cfg.ctc_steps, lr=cfg.ctc_lr, warmup_steps=max(1, cfg.ctc_steps // 10),
+                         lr_scheduler="cosine", weight_decay=0.01, ctc_punctuation=cfg.ctc_punctuation, seed=cfg.seed,
+                         threads=threads, encoder_cache_file=encoder_cache_file(root))
+    run_train(ctc_cfg, examples=clips)
+    return _final_model(root / "hearing" / "ctc", cfg.ctc_steps)
 
 
 def prepare_world(cfg: DemoConfig) -> World:
@@ -198,6 +214,7 @@ def prepare_world(cfg: DemoConfig) -> World:
     teacher_dir = root / "teacher"
     teacher_kw = dict(minutes_budget=cfg.teacher_minutes, seed=cfg.seed, max_steps=cfg.teacher_steps or None,
                       kind_weights=TEACHER_KIND_WEIGHTS, target_acc=2.0, eval_every=1000,
+                      unpunctuated_frac=cfg.teacher_unpunctuated,
                       **({"final_n": 8, "eval_n": 8} if cfg.quick else {}))
     hear_key = _hash({k: getattr(cfg, k) for k in ("encoder", "front_end", "stack", "projector_hidden", "ctc_steps",
                                                     "ctc_lr", "ctc_punctuation", "seed")}
@@ -207,15 +224,21 @@ def prepare_world(cfg: DemoConfig) -> World:
     hearing_dir = Path(cache.done("hearing", hear_key)["student"]) if cfg.front_end == "ctc" and not need_hearing \
         else None
     t0 = time.perf_counter()
+    if need_hearing:  # encoding is fastest with every thread, before the two processes share the cores
+        _log("stage hearing: encoding every clip once with the frozen audio tower")
+        hearing_init = _encode_stage(cfg, root, split)
+        seconds["encode"] = time.perf_counter() - t0
     if need_teacher and need_hearing and cfg.parallel:
         import multiprocessing
 
         _log("stages teacher + hearing in parallel: the teacher in a second process (1 thread each)")
+        t0 = time.perf_counter()
         proc = multiprocessing.get_context("spawn").Process(
             target=_teacher_job, args=(str(teacher_dir), {**teacher_kw, "threads": 1, "progress": False}))
         proc.start()
         try:
-            hearing_dir = _hearing_stage(cfg, root, split, threads=1)
+            torch.set_num_threads(1)
+            hearing_dir = _ctc_stage(cfg, root, split, hearing_init, threads=1)
             seconds["hearing"] = time.perf_counter() - t0
             proc.join()
         finally:
@@ -228,12 +251,13 @@ def prepare_world(cfg: DemoConfig) -> World:
         seconds["teacher"] = time.perf_counter() - t0
         cache.mark("hearing", hear_key, {"student": str(hearing_dir)})
     else:
+        t0 = time.perf_counter()
         _log(f"stage teacher: up to {cfg.teacher_steps} steps")
         teacher_report = ensure_teacher(teacher_dir, **teacher_kw, threads=cfg.threads)
         seconds["teacher"] = time.perf_counter() - t0
         if need_hearing:
             t0 = time.perf_counter()
-            hearing_dir = _hearing_stage(cfg, root, split, threads=cfg.threads)
+            hearing_dir = _ctc_stage(cfg, root, split, hearing_init, threads=cfg.threads)
             cache.mark("hearing", hear_key, {"student": str(hearing_dir)})
             seconds["hearing"] = time.perf_counter() - t0
     torch.set_num_threads(cfg.threads)
@@ -247,7 +271,7 @@ def prepare_world(cfg: DemoConfig) -> World:
         {
             k: getattr(cfg, k)
             for k in ("align_steps", "align_lr", "align_prompt_asr", "text_replay", "sft_steps", "sft_lr",
-                      "stage1_batch", "seed", "max_new_tokens")
+                      "stage1_batch", "stage1_label_smoothing", "seed", "max_new_tokens")
         }
         | {"data": data_key, "teacher": teacher_key, "hearing": hear_key}
     )
@@ -270,6 +294,8 @@ def prepare_world(cfg: DemoConfig) -> World:
             train_projector=True,
             train_encoder=cfg.encoder == "scratch" and cfg.front_end != "ctc",
             lr_scheduler="cosine",
+            label_smoothing=cfg.stage1_label_smoothing,
+            encoder_cache_file=encoder_cache_file(root),
         )
         align_cfg = _train_cfg(
             s1_dir / "align",
@@ -299,6 +325,13 @@ def prepare_world(cfg: DemoConfig) -> World:
     return World(root, split, teacher_dir, student1, teacher_report, seconds, s1_key, rss)
 
 
+def xopd_pool(world: World) -> list:
+    """The prompts on-policy training draws from: the ``prompts`` split (spoken questions disjoint from
+    the labelled ``train`` split that stage 1 fit; measured: on the memorised train questions the stage-1
+    student's S samples are already the teacher's, so X-OPD got no signal from them)."""
+    return world.split.get("prompts") or world.split["train"]
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run (or reuse) every stage and write the report; returns report.json's content."""
     if cfg.quick:
@@ -316,7 +349,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam", "xopd_loss", "xopd_replay",
                       "max_new_tokens", "seed")
         }
-        | {"s1": s1_key}
+        | {"s1": s1_key, "pool": "prompts"}
     )
     x_dir = root / "xopd"
     student_x = _final_model(x_dir, cfg.xopd_steps)
@@ -342,8 +375,10 @@ def run_demo(cfg: DemoConfig) -> dict:
             threads=cfg.threads,
             eval_every=max(1, cfg.xopd_steps // 5),
             replay_batch=cfg.xopd_replay,
+            encoder_cache_file=encoder_cache_file(root),
         )
-        run_train(x_cfg, examples=by_task(train, *BENCHES), replay=by_task(train, *REHEARSAL_TASKS))
+        # X-OPD needs prompts, not references: its pool is spoken questions stage 1 never trained on
+        run_train(x_cfg, examples=by_task(xopd_pool(world), *BENCHES), replay=by_task(train, *REHEARSAL_TASKS))
         cache.mark("xopd", x_key, {"student": str(student_x)})
     seconds["xopd"] = time.perf_counter() - t0
     rss["xopd"] = _peak_rss_mb()
@@ -359,6 +394,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.eval_batch,
         cache_dtype=CACHE_DTYPE,
+        cache_file=encoder_cache_file(root),
     )
     seconds["eval"] = time.perf_counter() - t0
     rss["eval"] = _peak_rss_mb()

@@ -326,6 +326,11 @@ def test_encoder_cache_file_round_trip(tiny_student_dir, tmp_path):
     a.enable_encoder_cache(shared=False)
     with pytest.raises(ModelError, match="not enabled"):
         SpeechLLM.from_pretrained(tiny_student_dir).save_encoder_cache(tmp_path / "x.safetensors")
+    trainable = SpeechLLM.from_pretrained(tiny_student_dir).eval().enable_encoder_cache(shared=False)
+    with torch.no_grad():
+        trainable.encode_audio(wavs)  # a trainable tower bypasses the cache ...
+    with pytest.raises(ModelError, match="nothing is cached"):  # ... so saving says why it has nothing
+        trainable.save_encoder_cache(tmp_path / "x.safetensors")
     with torch.no_grad():
         ref, ref_n = a.encode_audio(wavs)
     assert a.save_encoder_cache(tmp_path / "cache.safetensors") == 2

@@ -8,17 +8,11 @@ from xopd.errors import ConfigError
 
 def get_algorithm(name: str) -> type[Algorithm]:
     """Algorithm class by config name."""
+    from xopd.algos.baselines import REGISTRY as BASELINES  # sft, offline_kd, gkd, grpo
     from xopd.algos.ctc import CTC
-    from xopd.algos.sft import SFT
     from xopd.algos.xopd import XOPD
 
-    registry: dict[str, type[Algorithm]] = {"xopd": XOPD, "sft": SFT, "ctc": CTC}
-    try:
-        from xopd.algos import baselines  # noqa: F401  (registers sft/offline_kd/gkd/grpo when present)
-
-        registry.update(baselines.REGISTRY)
-    except ImportError:
-        pass
+    registry: dict[str, type[Algorithm]] = {"xopd": XOPD, "ctc": CTC, **BASELINES}
     if name not in registry:
         raise ConfigError(f"config: algo {name!r} is not available; choose one of {sorted(registry)}")
     return registry[name]

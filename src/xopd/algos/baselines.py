@@ -1,4 +1,4 @@
-"""The paper's baselines (DESIGN.md section 3), registered for ``xopd train --algo NAME``.
+"""The paper's baselines (docs/DESIGN.md section 3), registered for ``xopd train --algo NAME``.
 
 :func:`xopd.algos.get_algorithm` merges ``REGISTRY`` into its own table. Every baseline is an
 :class:`~xopd.algos.base.Algorithm` built from the shared pieces (``rollout.sample`` /

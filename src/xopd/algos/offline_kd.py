@@ -141,37 +141,25 @@ class OfflineKD(SFT):
         """Teacher responses to T for ``examples`` (no cache involved): one cache row each."""
         cfg, teacher, settings = self.cfg, self.teacher, self.settings()
         temp = settings["temperature"]
-        if temp > 0:  # one seeded generator per row: independent of batch composition
-            rollouts = []
-            for ex in examples:
-                seed = int(_digest([cfg.seed, ex.id])[:15], 16)
-                g = torch.Generator(device=teacher.device).manual_seed(seed)
-                rollouts.append(
-                    (
-                        sample(
-                            teacher,
-                            teacher.embed_prompts(make_prompts([ex], "T")),
-                            1,
-                            cfg.max_new_tokens,
-                            temp,
-                            cfg.top_p,
-                            cfg.top_k,
-                            g,
-                            vocab_limit=self.vocab_limit,
-                        ),
-                        0,
-                    )
-                )
-        else:
-            ro = sample(
-                teacher,
-                teacher.embed_prompts(make_prompts(examples, "T")),
-                1,
-                cfg.max_new_tokens,
-                temperature=0.0,
-                vocab_limit=self.vocab_limit,
-            )
-            rollouts = [(ro, i) for i in range(len(examples))]
+        # One batched call. Sampled rows draw from per-example seeds (seed, example id), so a response
+        # is independent of batch composition, rank and order; greedy needs no seed. Same decode path
+        # (fast decode, decode threads) as every on-policy rollout.
+        row_seeds = [int(_digest([cfg.seed, ex.id])[:15], 16) for ex in examples] if temp > 0 else None
+        ro = sample(
+            teacher,
+            teacher.embed_prompts(make_prompts(examples, "T")),
+            1,
+            cfg.max_new_tokens,
+            temp,
+            cfg.top_p,
+            cfg.top_k,
+            torch.Generator(device=teacher.device).manual_seed(cfg.seed),
+            vocab_limit=self.vocab_limit,
+            row_seeds=row_seeds,
+            fast_decode=cfg.fast_decode,
+            decode_threads=cfg.decode_threads,
+        )
+        rollouts = [(ro, i) for i in range(len(examples))]
         rows = []
         for ex, (ro, i) in zip(examples, rollouts):
             text = decode_responses(teacher.tokenizer, ro.ids[i : i + 1], ro.mask[i : i + 1])[0]

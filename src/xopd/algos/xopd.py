@@ -1,4 +1,4 @@
-"""X-OPD: cross-modal on-policy distillation (DESIGN.md section 2).
+"""X-OPD: cross-modal on-policy distillation (docs/DESIGN.md section 2).
 
 For every prompt the student samples n responses from the speech view S (cross-modal term) and n
 from the text view T (in-modal term). The frozen text teacher scores every sampled token given the

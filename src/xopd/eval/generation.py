@@ -1,6 +1,6 @@
 """Generation-based evaluation: answer every prompt (greedy), score it, aggregate per benchmark.
 
-The paper's protocol (DESIGN.md section 4): each benchmark is run on the student twice, from speech
+The paper's protocol (docs/DESIGN.md section 4): each benchmark is run on the student twice, from speech
 (S) and from text (T); the text teacher runs on T. Avg. Drop compares each against the teacher.
 """
 
@@ -82,7 +82,7 @@ def score_responses(examples: Sequence[Example], responses: Sequence[str],
 
 
 def avg_drop(base: dict[str, float], scores: dict[str, float], benches: Sequence[str]) -> float:
-    """Avg. Drop in percent: mean over benchmarks of (base - x) / base (DESIGN.md section 4).
+    """Avg. Drop in percent: mean over benchmarks of (base - x) / base (docs/DESIGN.md section 4).
 
     Benchmarks where the base score is 0 are left out (the ratio is undefined)."""
     terms = [(base[b] - scores[b]) / base[b] for b in benches if b in base and b in scores and base[b] > 0]

@@ -1,4 +1,4 @@
-"""The S/T table and Avg. Drop (DESIGN.md section 4), as JSON and Markdown.
+"""The S/T table and Avg. Drop (docs/DESIGN.md section 4), as JSON and Markdown.
 
 Every benchmark (one manifest, or the ASR part of a mixed manifest) gets a score per run:
 student on speech (S), student on text (T), teacher on text (T). Higher-is-better benchmarks

@@ -159,6 +159,7 @@ class SpeechLLM(PolicyModel):
         wavs = list(wavs)
         return self._encode_cached(wavs) if self._encoder_cache is not None else self._encode(wavs)
 
+    @torch.no_grad()
     def hear(self, wavs: Sequence[np.ndarray]) -> list[str]:
         """What the front end hears: the CTC adapter's greedy transcript of each clip (no LM involved)."""
         if self.adapter is None:
@@ -209,6 +210,9 @@ class SpeechLLM(PolicyModel):
 
         if self._encoder_cache is None:
             raise ModelError("save_encoder_cache: the encoder cache is not enabled (enable_encoder_cache first)")
+        if not self._encoder_cache:  # the cache is bypassed while the tower has trainable weights
+            raise ModelError("save_encoder_cache: nothing is cached; freeze the encoder (freeze(encoder=True)) "
+                             "before encoding, a trainable tower's outputs are never cached")
         tensors = {k: v.contiguous() for k, v in self._encoder_cache.items()}
         with atomic_path(Path(path)) as tmp:
             save_file(tensors, str(tmp), metadata={"dtype": str(self._encoder_cache_dtype)})

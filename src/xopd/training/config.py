@@ -39,7 +39,7 @@ class TrainConfig:
     sft_view: str = field("S", choices=("S", "T"), help="prompt view for sft/offline_kd (S: speech, as the paper)")
     label_smoothing: float = field(0.0, help="sft/offline_kd: label smoothing of the cross-entropy (0 = off)")
     entropy_coef: float = field(0.0, help="entropy bonus weight (0 = off)")
-    # -- baselines (DESIGN.md section 3) ---------------------------------------------------------
+    # -- baselines (docs/DESIGN.md section 3) ---------------------------------------------------------
     gkd_lambda: float = field(0.5, help="gkd: probability that a micro-batch trains on the student's own samples "
                               "from S (on-policy); otherwise on the reference responses (TRL's lmbda)")
     gkd_beta: float = field(0.0, help="gkd: generalised-JSD beta (0: forward KL(teacher || student), 1: reverse KL)")

@@ -1,4 +1,4 @@
-"""Mini-world evaluation in the paper's layout (DESIGN.md section 4).
+"""Mini-world evaluation in the paper's layout (docs/DESIGN.md section 4).
 
 For every split: the teacher answers reasoning/instruct from T; each student answers them from S and
 from T; audio-only questions (forgetting probe) and ASR (WER) are asked from S only — the teacher
@@ -60,7 +60,7 @@ def _numbers(text: str) -> list[str]:
     return re.findall(r"\d+", normalize_text(text))
 
 
-def hear_examples(model, examples: Sequence[Example], batch_size: int = 64) -> list[str]:
+def hear_examples(model, examples: Sequence[Example], batch_size: int = 16) -> list[str]:
     """The front end's own transcript of every example's audio (CTC adapter, greedy; no LM)."""
     out: list[str] = []
     for i in range(0, len(examples), batch_size):
@@ -124,7 +124,8 @@ def evaluate_world(
     hearing: dict = {}
     cascade: dict = {}
     for name, path in students.items():
-        model = load_student(path)
+        model = load_student(path).eval()
+        model.requires_grad_(False)  # evaluation only: no autograd graphs, and a frozen tower's cache applies
         if hasattr(model, "enable_encoder_cache"):
             model.enable_encoder_cache(dtype=cache_dtype)
             if cache_file:
@@ -133,7 +134,7 @@ def evaluate_world(
             for sp in EVAL_SPLITS:
                 bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
                 if bench:
-                    heard = hear_examples(model, bench, batch_size)
+                    heard = hear_examples(model, bench)
                     hearing[sp] = {**hearing_report(bench, heard), "front_end_of": name,
                                    "examples": [{"said": e.text, "heard": h} for e, h in zip(bench[:3], heard)]}
                     cascade[sp] = cascade_scores(teacher, bench, heard, max_new_tokens, batch_size, f"cascade {sp}")

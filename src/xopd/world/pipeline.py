@@ -1,4 +1,4 @@
-"""``xopd demo``: the mini world end to end (DESIGN.md section 6).
+"""``xopd demo``: the mini world end to end (docs/DESIGN.md section 6).
 
 Stages, each cached under ``runs/demo`` and redone only when its inputs change (``--fresh`` redoes all):
 
@@ -155,7 +155,9 @@ def _encode_stage(cfg: DemoConfig, root: Path, split: dict[str, list]) -> Path:
     enc = load_encoder(cfg.encoder, root.parent / "cache", cfg.seed)
     init = build_hearing_student(hdir / "init", enc, cfg.adapter_kwargs(), cfg.stack, cfg.projector_hidden, cfg.seed)
     if cfg.encoder != "scratch":
-        model = SpeechLLM.from_pretrained(init).enable_encoder_cache(dtype=CACHE_DTYPE)
+        model = SpeechLLM.from_pretrained(init).eval()
+        model.freeze(encoder=True)  # a trainable tower bypasses the cache
+        model.enable_encoder_cache(dtype=CACHE_DTYPE)
         encode_all(model, [e for exs in split.values() for e in exs])
         model.save_encoder_cache(root / ENCODER_CACHE)
         del model
@@ -223,27 +225,30 @@ def prepare_world(cfg: DemoConfig) -> World:
     need_teacher = not teacher_is_current(teacher_dir, **teacher_kw)
     hearing_dir = Path(cache.done("hearing", hear_key)["student"]) if cfg.front_end == "ctc" and not need_hearing \
         else None
+    parallel = need_teacher and need_hearing and cfg.parallel
+    proc = None
     t0 = time.perf_counter()
-    if need_hearing:  # encoding is fastest with every thread, before the two processes share the cores
-        _log("stage hearing: encoding every clip once with the frozen audio tower")
-        hearing_init = _encode_stage(cfg, root, split)
-        seconds["encode"] = time.perf_counter() - t0
-    if need_teacher and need_hearing and cfg.parallel:
+    if parallel:  # the teacher trains in a second process from the start; this one encodes, then runs CTC
         import multiprocessing
 
         _log("stages teacher + hearing in parallel: the teacher in a second process (1 thread each)")
-        t0 = time.perf_counter()
         proc = multiprocessing.get_context("spawn").Process(
             target=_teacher_job, args=(str(teacher_dir), {**teacher_kw, "threads": 1, "progress": False}))
         proc.start()
-        try:
-            torch.set_num_threads(1)
+        torch.set_num_threads(1)
+    try:
+        if need_hearing:
+            _log("stage hearing: encoding every clip once with the frozen audio tower")
+            hearing_init = _encode_stage(cfg, root, split)
+            seconds["encode"] = time.perf_counter() - t0
+        if parallel:
             hearing_dir = _ctc_stage(cfg, root, split, hearing_init, threads=1)
-            seconds["hearing"] = time.perf_counter() - t0
+            seconds["hearing"] = time.perf_counter() - t0  # encode + CTC
             proc.join()
-        finally:
-            if proc.is_alive():
-                proc.terminate()
+    finally:
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+    if parallel:
         if proc.exitcode != 0:
             raise XopdError(f"teacher training failed in its process (exit code {proc.exitcode}); rerun with "
                             "--parallel false to see the error in this one")

@@ -70,7 +70,7 @@ def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None
     parts = [
         "# xopd demo: the modality gap and X-OPD closing it (mini world)\n",
         "Accuracy in %, Avg. Drop dS/dT in % against the text teacher on the same split "
-        "(DESIGN.md section 4). audio-only = forgetting probe (S only); ASR scored by WER.\n",
+        "(docs/DESIGN.md section 4). audio-only = forgetting probe (S only); ASR scored by WER.\n",
     ]
     for split, title in (
         ("test", "Test (in-distribution voices)"),
@@ -159,7 +159,7 @@ def plot_gap(path: Path, report: dict, metrics_path: Path | None) -> None:
 
 # -- xopd reproduce ---------------------------------------------------------------------------------
 # The paper's own numbers (Qwen3-Omni-30B-A3B student, Qwen3-30B-A3B teacher), quoted for reference.
-# DESIGN.md section 1 gives per-row numbers only for X-OPD; SFT/KD/GKD are quoted as the range it gives.
+# docs/DESIGN.md section 1 gives per-row numbers only for X-OPD; SFT/KD/GKD are quoted as the range it gives.
 PAPER_AVG_DROP = {"sft": "19-23 (SFT/KD/GKD range)", "offline_kd": "19-23 (SFT/KD/GKD range)",
                   "gkd": "19-23 (SFT/KD/GKD range)", "xopd_l05": "3.43 / 0.97"}
 PAPER_MMAR = {"student_base": "71.3", "xopd_l05": "69.3", "sft": "~60", "offline_kd": "~60", "gkd": "~60"}

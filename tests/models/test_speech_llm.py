@@ -343,3 +343,29 @@ def test_encoder_cache_file_round_trip(tiny_student_dir, tmp_path):
     half = SpeechLLM.from_pretrained(tiny_student_dir).eval().enable_encoder_cache(shared=False, dtype="float16")
     with pytest.raises(ModelError, match="stored as"):
         half.load_encoder_cache(tmp_path / "cache.safetensors")
+
+
+def test_models_compose_cli_with_a_posterior_ctc_adapter(tmp_path, capsys):
+    """`xopd models compose --adapter ctc --lm_input posterior --acoustic_prefix K` writes a student whose
+    adapter settings survive from_pretrained; contradictory flags are a one-line usage error."""
+    from transformers import LlamaConfig, LlamaForCausalLM, WhisperForConditionalGeneration
+
+    from xopd.cli import main
+
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(tiny_whisper_config(d_enc=32, max_source_positions=64)).save_pretrained(
+        tmp_path / "whisper")
+    tok = build_tiny_tokenizer(["hello", "world"], vocab_size=300)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    base = ["models", "compose", "--encoder", str(tmp_path / "whisper"), "--lm", str(tmp_path / "lm")]
+    assert main([*base, "--out", str(tmp_path / "s"), "--adapter", "ctc", "--adapter_dim", "32",
+                 "--adapter_layers", "1", "--lm_input", "posterior", "--acoustic_prefix", "2"]) == 0
+    m = SpeechLLM.from_pretrained(tmp_path / "s")
+    assert m.adapter is not None and m.adapter.lm_input == "posterior" and m.adapter.acoustic_prefix == 2
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "x"), "--adapter", "ctc", "--compress", "none",
+                 "--lm_input", "posterior"]) == 2
+    assert "needs --compress ctc" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

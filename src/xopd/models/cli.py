@@ -37,12 +37,19 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
             print(f"{k}\t{v}")
         return 0
     if args.models_command == "compose":
+        from xopd.errors import ConfigError
         from xopd.models.speech_llm import SpeechLLM
 
         adapter = None
+        if args.adapter != "ctc" and (args.lm_input != "states" or args.acoustic_prefix):
+            raise ConfigError("models compose: --lm_input / --acoustic_prefix need --adapter ctc")
+        if args.adapter == "ctc" and args.lm_input == "posterior" and args.compress != "ctc":
+            raise ConfigError("models compose: --lm_input posterior needs --compress ctc (one position per token)")
+        if args.acoustic_prefix < 0:
+            raise ConfigError(f"models compose: --acoustic_prefix must be >= 0, got {args.acoustic_prefix}")
         if args.adapter == "ctc":
             adapter = {"d_model": args.adapter_dim, "layers": args.adapter_layers, "stack": args.stack,
-                       "compress": args.compress}
+                       "compress": args.compress, "lm_input": args.lm_input, "acoustic_prefix": args.acoustic_prefix}
         model = SpeechLLM.compose(args.encoder, args.lm, stack=args.stack, projector_hidden=args.projector_hidden,
                                   adapter=adapter, seed=args.seed)
         model.save_pretrained(args.out)
@@ -112,6 +119,13 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     cp.add_argument("--adapter_layers", type=int, default=2, help="adapter transformer layers (default 2)")
     cp.add_argument("--compress", choices=("ctc", "none"), default="ctc",
                     help="ctc: one LM position per recognised token; none: every adapter frame (default ctc)")
+    cp.add_argument("--lm_input", choices=("posterior", "states"), default="states",
+                    help="with --compress ctc: posterior = each recognised token as the posterior-weighted mix of "
+                    "the LM's own embeddings (LegoSLM; the mini world's choice); states = the adapter's states "
+                    "through the projector (default states)")
+    cp.add_argument("--acoustic_prefix", type=int, default=0,
+                    help="pooled acoustic positions (through the projector) in front of the tokens (default 0; "
+                    "the mini world uses 4 with --lm_input posterior)")
     cp.add_argument("--stack", type=int, default=4, help="frames stacked (by the adapter if any, else the "
                     "projector; default 4: Whisper's 50 Hz -> 12.5 Hz)")
     cp.add_argument("--projector_hidden", type=int, default=None, help="projector MLP width (default: LM width)")

@@ -97,7 +97,8 @@ def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None
     parts.append(
         "\n\nStage seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
-        + f"; total {report.get('seconds', 0):.0f} s; peak RSS {report.get('peak_rss_mb', 0):.0f} MB"
+        + f" (hearing includes encode; with --parallel the teacher overlaps hearing); wall clock {report.get('seconds', 0):.0f} s; "
+        f"peak RSS {report.get('peak_rss_mb', 0):.0f} MB"
     )
     md = "\n".join(parts) + "\n"
     atomic_write_text(root / "report.md", md)

@@ -162,3 +162,20 @@ def test_fsdp2_without_torchrun_is_a_one_process_group(tiny_world, single, tmp_p
     assert (out / f"checkpoint-{STEPS}" / "dcp").is_dir()
     _assert_matches(single, out, atol=1e-6)
     assert not torch.distributed.is_initialized()  # the group it created is gone again
+
+
+@pytest.mark.parametrize(
+    "algo,extra",
+    [
+        ("grpo", []),
+        ("gkd", ["--gkd_lambda", "1.0"]),  # on-policy every micro-batch (the coin is per micro-batch)
+        ("offline_kd", ["--kd_temperature", "0.8"]),  # sampled teacher responses, seeded per example
+    ],
+)
+def test_baselines_two_processes_match_one(algo, extra, tiny_world, tmp_path):
+    """The baselines sample through the same per-prompt-seeded rollout path as X-OPD, so a 2-process
+    ddp run of each reproduces its 1-process run: rows differ in the algorithm, not in how they sample."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_train_args(tiny_world, one, "--algo", algo, *extra)) == 0
+    _torchrun(_train_args(tiny_world, two, "--algo", algo, *extra, "--distributed", "ddp"))
+    _assert_matches(one, two, atol=1e-6)

@@ -238,6 +238,7 @@ def test_chunked_equals_unchunked(chunk):
         lambda c: gather_logprobs(s, ids, temperature=0.7, chunk_size=c),
         lambda c: entropy_from_logits(s, chunk_size=c),
         lambda c: sft_cross_entropy(s, ids, MASK, chunk_size=c),
+        lambda c: sft_cross_entropy(s, ids, MASK, chunk_size=c, label_smoothing=0.1),
     ] + [lambda c, f=f: f(s, t, MASK, c) for f in DIVERGENCES]
     for fn in cases:
         torch.testing.assert_close(fn(chunk), fn(None))

@@ -423,7 +423,7 @@ def _response_logits_shared(model: PolicyModel, prompts: PromptBatch, ids: torch
                             n: int) -> torch.Tensor:
     """One forward over the B prompts (cache kept), the cache repeated n times, one over the B*n responses."""
     p_logits, cache = model.forward_embeds(prompts.embeds, prompts.attention_mask, use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(n)
+    _repeat_cache(cache, n)
     attn = torch.cat([prompts.attention_mask.repeat_interleave(n, 0), mask.long()], dim=1)
     width = prompts.embeds.shape[1]
     positions = position_ids_from_mask(attn)[:, width:]

@@ -195,8 +195,15 @@ def sft_cross_entropy(logits: Tensor, labels: Tensor, mask: Tensor, chunk_size: 
     lp = gather_logprobs(logits, labels, chunk_size=chunk_size, mask=m)
     nll = -lp
     if label_smoothing:
-        uniform = -torch.log_softmax(logits.float(), dim=-1).mean(-1).to(nll.dtype)
-        nll = (1.0 - label_smoothing) * nll + label_smoothing * uniform
+        v = logits.shape[-1]
+
+        def rows(mc: Tensor, xc: Tensor) -> Tensor:  # mean_v(-log p_v), row by row
+            u = -torch.log_softmax(xc.float(), dim=-1).mean(-1)
+            return torch.where(mc, u, _zero(u))
+
+        # by rows, in the same chunks as the NLL: no second full [B, L, V] log-softmax in memory
+        uniform = _run_rows(rows, m.reshape(-1), [logits.reshape(-1, v)], chunk_size).reshape(m.shape)
+        nll = (1.0 - label_smoothing) * nll + label_smoothing * uniform.to(nll.dtype)
     return torch.where(m, nll, _zero(lp))
 
 

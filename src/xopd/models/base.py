@@ -253,6 +253,23 @@ def conversation(prompt: Prompt, user_content: Callable[[str | None, bool], str]
     return messages
 
 
+def n_clips(prompt: Prompt) -> int:
+    """Audio clips an S prompt carries: one per spoken history turn, then its own."""
+    return 1 + sum(t.audio is not None for t in prompt.history)
+
+
+def spoken_clips(prompts: Sequence[Prompt]) -> tuple[list[np.ndarray], dict[int, int]]:
+    """Every clip of the batch's S prompts in conversation order (history turns first, then the prompt's
+    own), and the index of each S prompt's first clip in that list: one encoder pass serves the batch."""
+    clips: list[np.ndarray] = []
+    first: dict[int, int] = {}
+    for i, p in enumerate(prompts):
+        if p.view == "S":
+            first[i] = len(clips)
+            clips += [t.audio for t in p.history if t.audio is not None] + [p.audio]
+    return clips, first
+
+
 def render_chat_ids(tokenizer, content: str, system: str | None = None) -> list[int]:
     """Apply the tokenizer's own chat template to one user turn (+ generation prompt).
 

@@ -30,8 +30,9 @@ from xopd.models.base import (
     PromptBatch,
     conversation,
     left_pad,
-    render_chat_ids,
+    n_clips,
     render_messages_ids,
+    spoken_clips,
 )
 
 
@@ -136,19 +137,17 @@ class Qwen2AudioStudent(PolicyModel):
         """
         if prompt.view == "T":
             return self.text_prompt_ids(prompt)
-        if not prompt.history:
-            ids = render_chat_ids(self.tokenizer, self.audio_prompt + (prompt.text or ""), prompt.system)
-        else:
-            count = iter(range(1, 1000))
+        count = iter(range(1, 1000))
 
-            def content(text: str | None, audio: bool) -> str:
-                if not audio:
-                    return text or ""
-                return self.audio_prompt.replace("Audio 1:", f"Audio {next(count)}:") + (text or "")
+        def content(text: str | None, audio: bool) -> str:
+            if not audio:
+                return text or ""
+            return self.audio_prompt.replace("Audio 1:", f"Audio {next(count)}:") + (text or "")
 
-            ids = render_messages_ids(self.tokenizer, conversation(prompt, content))
+        # single-turn: exactly render_chat_ids(audio_prompt + instruction, system)
+        ids = render_messages_ids(self.tokenizer, conversation(prompt, content))
         where = [k for k, i in enumerate(ids) if i == self.audio_token_id]
-        need = 1 + sum(t.audio is not None for t in prompt.history)
+        need = n_clips(prompt)
         if len(where) != need:
             raise ModelError(
                 f"Qwen2-Audio chat template rendered {len(where)} {self.audio_token!r} tokens (need exactly {need}): "
@@ -165,11 +164,7 @@ class Qwen2AudioStudent(PolicyModel):
         if not prompts:
             raise ValueError("embed_prompts needs at least one prompt")
         emb = self.model.get_input_embeddings()
-        clips, first = [], {}  # every clip of the batch (history turns first), first clip index per prompt
-        for i, p in enumerate(prompts):
-            if p.view == "S":
-                first[i] = len(clips)
-                clips += [t.audio for t in p.history if t.audio is not None] + [p.audio]
+        clips, first = spoken_clips(prompts)
         audio, n_tok = (None, None)
         if clips:
             audio, n_tok = self.encode_audio(clips)
@@ -178,7 +173,7 @@ class Qwen2AudioStudent(PolicyModel):
             if p.view == "T":
                 rows.append(emb(torch.tensor(self.prompt_ids(p), device=self.device)))
                 continue
-            js = range(first[i], first[i] + 1 + sum(t.audio is not None for t in p.history))
+            js = range(first[i], first[i] + n_clips(p))
             counts = [int(n_tok[j]) for j in js]
             ids = self.prompt_ids(p, counts if p.history else counts[0])
             e = emb(torch.tensor(ids, device=self.device))

@@ -36,8 +36,9 @@ from xopd.models.base import (
     PromptBatch,
     conversation,
     left_pad,
-    render_chat_ids,
+    n_clips,
     render_messages_ids,
+    spoken_clips,
 )
 from xopd.models.encoder import AudioEncoder
 from xopd.models.projector import FrameStackProjector
@@ -265,7 +266,7 @@ class SpeechLLM(PolicyModel):
 
     def speech_content(self, prompt: Prompt) -> str:
         """The user-turn text of an S prompt: the placeholder, then the instruction if there is one."""
-        return self.audio_token if not prompt.text else f"{self.audio_token}\n{prompt.text}"
+        return self._turn_content(prompt.text, True)
 
     def _turn_content(self, text: str | None, has_audio: bool) -> str:
         """A user turn of a conversation: the placeholder (+ instruction) when spoken, else its text."""
@@ -281,11 +282,7 @@ class SpeechLLM(PolicyModel):
         if not prompts:
             raise ValueError("embed_prompts needs at least one prompt")
         emb = self.lm.get_input_embeddings()
-        clips, first = [], {}  # every clip of the batch (history turns first), first clip index per prompt
-        for i, p in enumerate(prompts):
-            if p.view == "S":
-                first[i] = len(clips)
-                clips += [t.audio for t in p.history if t.audio is not None] + [p.audio]
+        clips, first = spoken_clips(prompts)
         audio, n_frames = (None, None)
         if clips:
             audio, n_frames = self.encode_audio(clips)
@@ -294,15 +291,11 @@ class SpeechLLM(PolicyModel):
             if p.view == "T":
                 rows.append(emb(torch.tensor(self.text_prompt_ids(p), device=self.device)))
                 continue
-            if p.history:
-                messages = conversation(p, self._turn_content)
-                ids = torch.tensor(render_messages_ids(self.tokenizer, messages), device=self.device)
-            else:
-                ids = torch.tensor(
-                    render_chat_ids(self.tokenizer, self.speech_content(p), p.system), device=self.device
-                )
+            # without history this is render_chat_ids(placeholder + instruction, system): one path for both
+            messages = conversation(p, self._turn_content)
+            ids = torch.tensor(render_messages_ids(self.tokenizer, messages), device=self.device)
             where = (ids == self.audio_token_id).nonzero().flatten().tolist()
-            need = 1 + sum(t.audio is not None for t in p.history)
+            need = n_clips(p)
             if len(where) != need:
                 raise ModelError(
                     f"the chat template of {getattr(self.tokenizer, 'name_or_path', '?')!r} rendered "

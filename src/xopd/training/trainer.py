@@ -90,11 +90,11 @@ def configure_trainable(student: PolicyModel, cfg: TrainConfig) -> list[torch.nn
     if cfg.train_adapter and getattr(student, "adapter", None) is None:
         raise ConfigError("config: train_adapter is set but the student has no CTC adapter (compose one with "
                           "`xopd models compose --adapter ctc`)")
-    if getattr(student, "adapter", None) is not None:
+    if hasattr(student, "freeze"):
+        # only a student with a CTC adapter takes (and has) the adapter switch
+        extra = {"adapter": not cfg.train_adapter} if getattr(student, "adapter", None) is not None else {}
         student.freeze(encoder=not cfg.train_encoder, projector=not cfg.train_projector, lm=not cfg.train_lm,
-                       adapter=not cfg.train_adapter)
-    elif hasattr(student, "freeze"):
-        student.freeze(encoder=not cfg.train_encoder, projector=not cfg.train_projector, lm=not cfg.train_lm)
+                       **extra)
     elif cfg.train_lm:
         student.causal_lm().requires_grad_(True)
     if cfg.lora_r > 0 and cfg.train_lm:  # LoRA: only the adapters of the LM train, the base stays frozen

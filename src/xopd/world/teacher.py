@@ -339,31 +339,30 @@ def ensure_teacher(out_dir: str | os.PathLike, minutes_budget: float = 7.0, **kw
     has ``cached: True`` when nothing was trained.
     """
     out = Path(out_dir)
-    marker = out / MARKER
-    if marker.is_file():
-        _silence_hf()
-        cfg = _expected_config(minutes_budget, kwargs)
-        try:
-            saved = json.loads(marker.read_text())
-        except ValueError:
-            saved = {}
-        if saved.get("config_hash") == _config_hash(cfg, build_world_tokenizer()):
-            load_teacher(out)  # fails loudly (ModelError) if the files were damaged
-            return {**saved["report"], "cached": True}
+    saved = _current_marker(out, minutes_budget, kwargs)
+    if saved is not None:
+        load_teacher(out)  # fails loudly (ModelError) if the files were damaged
+        return {**saved["report"], "cached": True}
     return {**train_teacher(out, minutes_budget, **kwargs), "cached": False}
 
 
 def teacher_is_current(out_dir: str | os.PathLike, minutes_budget: float = 7.0, **kwargs) -> bool:
     """Whether :func:`ensure_teacher` with these arguments would reuse ``out_dir`` without training."""
-    marker = Path(out_dir) / MARKER
+    return _current_marker(Path(out_dir), minutes_budget, kwargs) is not None
+
+
+def _current_marker(out: Path, minutes_budget: float, kwargs: dict) -> dict | None:
+    """The saved marker of a complete teacher at ``out`` trained with this config, else None."""
+    marker = out / MARKER
     if not marker.is_file():
-        return False
+        return None
     try:
         saved = json.loads(marker.read_text())
     except ValueError:
-        return False
+        return None
     _silence_hf()
-    return saved.get("config_hash") == _config_hash(_expected_config(minutes_budget, kwargs), build_world_tokenizer())
+    current = saved.get("config_hash") == _config_hash(_expected_config(minutes_budget, kwargs), build_world_tokenizer())
+    return saved if current else None
 
 
 def _expected_config(minutes_budget: float, kwargs: dict) -> dict:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from xopd.data.manifest import Example
@@ -20,58 +16,27 @@ from xopd.eval.judge import (
     score_row,
 )
 
+from .chat_stub import ChatStub, chat_reply
 
-class JudgeServer:
-    """An OpenAI-compatible chat-completions stub on 127.0.0.1.
+
+class JudgeServer(ChatStub):
+    """The judge's stub server.
 
     The grade is the number of words of the response (capped at 10), so tests know it in advance;
     ``fail_first`` answers HTTP 503 that many times first (retry); ``status`` forces an error code.
     """
 
     def __init__(self, fail_first: int = 0, status: int | None = None, reply: str | None = None) -> None:
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
         self.fail_first, self.status, self.reply = fail_first, status, reply
-        outer = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a) -> None:  # keep test output clean
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                outer.headers.append(dict(self.headers))
-                if outer.status or outer.fail_first > 0:
-                    outer.fail_first -= 1
-                    self.send_response(outer.status or 503)
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "busy"}')
-                    return
-                user = body["messages"][-1]["content"]
-                response = user.split("Response:\n", 1)[1]
-                grade = min(10, len(response.split()))
-                content = outer.reply if outer.reply is not None else f"Reasoning...\nSCORE: {grade}"
-                data = json.dumps(
-                    {"choices": [{"message": {"role": "assistant", "content": content}}]}
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> JudgeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _respond(self, body: dict) -> tuple[int, dict]:
+        if self.status or self.fail_first > 0:
+            self.fail_first -= 1
+            return self.status or 503, {"error": "busy"}
+        response = body["messages"][-1]["content"].split("Response:\n", 1)[1]
+        grade = min(10, len(response.split()))
+        return 200, chat_reply(self.reply if self.reply is not None else f"Reasoning...\nSCORE: {grade}")
 
 
 def test_answer_extraction_and_numbers() -> None:

@@ -4,8 +4,6 @@ loopback judge; scores recomputed from the logged responses; skips, Avg. Drop te
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,54 +12,29 @@ from xopd.cli import main
 from xopd.eval.benchmarks.voicebench_default import is_refusal
 from xopd.eval.benchmarks.voicebench_rules import OfficialRules, mcq_accuracy
 
+from ..chat_stub import ChatStub, chat_reply
 
-class BenchJudge:
-    """OpenAI-compatible stub: answers each judge prompt with a fixed verdict, ``n`` choices."""
 
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                user = body["messages"][-1]["content"]
-                if "Grade the reply from 1 to 5" in user or "FIXTURE OPEN RATING" in user:
-                    reply = "4"
-                elif "is the candidate answer correct?" in user:
-                    reply = "Yes."
-                elif "FIXTURE QA CHECK" in user:
-                    reply = "yes"
-                elif "CANDIDATE ANSWER TO ASSESS" in user:
-                    reply = "CORRECT" if "OFFICIAL ANSWER:3" in user else "INCORRECT"
-                else:
-                    reply = '```json\n{"explanation": "fine", "criteria_met": true}\n```'
-                choices = [{"message": {"role": "assistant", "content": reply}}] * body.get("n", 1)
-                data = json.dumps({"choices": choices}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _verdict(body: dict) -> tuple[int, dict]:
+    """A fixed verdict for each judge prompt of the fixtures, ``n`` choices."""
+    user = body["messages"][-1]["content"]
+    if "Grade the reply from 1 to 5" in user or "FIXTURE OPEN RATING" in user:
+        reply = "4"
+    elif "is the candidate answer correct?" in user:
+        reply = "Yes."
+    elif "FIXTURE QA CHECK" in user:
+        reply = "yes"
+    elif "CANDIDATE ANSWER TO ASSESS" in user:
+        reply = "CORRECT" if "OFFICIAL ANSWER:3" in user else "INCORRECT"
+    else:
+        reply = '```json\n{"explanation": "fine", "criteria_met": true}\n```'
+    return 200, chat_reply(reply, body.get("n", 1))
 
 
 @pytest.fixture
 def judge():
-    j = BenchJudge()
-    yield j
-    j.close()
+    with ChatStub(_verdict) as j:  # OpenAI-compatible loopback judge
+        yield j
 
 
 def _responses(out: Path) -> dict[tuple[str, str], dict[str, str]]:

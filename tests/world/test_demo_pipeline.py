@@ -17,7 +17,9 @@ def test_quick_demo_report_schema(tmp_path):
     assert set(rep["teacher"]) == {"reasoning", "instruct"}
     for bench in ("reasoning", "instruct"):
         assert 0.0 <= rep["teacher"][bench]["T"] <= 1.0
-    for name in ("student_base", "xopd"):
+    # the paper's pg loss is the "xopd" row; --xopd_also (default topk_forward_kl) adds its own row
+    assert list(rep["models"]) == ["student_base", "xopd", "xopd_topk_forward_kl"]
+    for name in rep["models"]:
         for split in ("test", "heldout"):
             r = rep["models"][name][split]
             for bench in ("reasoning", "instruct"):
@@ -36,7 +38,7 @@ def test_quick_demo_report_schema(tmp_path):
     # a second run reuses every cached stage: no stage marker or checkpoint is rewritten
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")}
     ckpts = {p: p.stat().st_mtime_ns for p in out.glob("**/checkpoint-*")}
-    assert len(stamps) == 4 and ckpts
+    assert len(stamps) == 5 and ckpts
     assert main(["demo", "--quick", "--output_dir", str(out), "--threads", "1"]) == 0
     rep2 = json.loads((out / "report.json").read_text())
     assert rep2["teacher_training"]["cached"] is True
@@ -64,3 +66,14 @@ def test_two_fresh_quick_demos_give_the_same_report(tmp_path):
         assert main(["demo", "--quick", "--fresh", "--output_dir", str(out), "--threads", "1"]) == 0
         reports.append(_without_timings(json.loads((out / "report.json").read_text())))
     assert reports[0] == reports[1]
+
+
+def test_xopd_also_is_validated():
+    from xopd.errors import ConfigError
+    from xopd.world.config import DemoConfig
+
+    assert DemoConfig(xopd_also=" jsd, topk_forward_kl,jsd ,").also_losses() == ["jsd", "topk_forward_kl"]
+    assert DemoConfig(xopd_also="").also_losses() == []
+    for bad in ("pg", "kl"):  # pg is already the main row; kl is no loss
+        with pytest.raises(ConfigError, match="xopd_also"):
+            DemoConfig(xopd_also=bad).validate()

@@ -11,7 +11,8 @@ Stages, each cached under ``runs/demo`` and redone only when its inputs change (
                spoken-instruction SFT, both with the text side mixed in so the LM keeps its text
                skills -> it hears the words but understands speech worse than text: the gap;
 5. ``xopd``    X-OPD from the stage-1 student with the core's defaults (lam 0.5, n 4, tower and
-               projector frozen);
+               front end frozen) and the paper's loss; each ``--xopd_also`` loss trains the same way
+               from the same student into ``xopd_<loss>`` (its own row in the report);
 6. ``eval``    teacher on T; stage-1 and X-OPD students on S and T, on test and held-out splits; what
                the front end hears, and the teacher as the LLM of a cascade on it.
 
@@ -337,6 +338,47 @@ def xopd_pool(world: World) -> list:
     return world.split.get("prompts") or world.split["train"]
 
 
+def _run_xopd(cfg: DemoConfig, world: World, loss: str, x_dir: Path, cache: StageCache) -> Path:
+    """One X-OPD run from the stage-1 student (cached by its settings); returns the final model's dir."""
+    x_key = _hash(
+        {k: getattr(cfg, k) for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam", "xopd_replay",
+                                      "max_new_tokens", "seed")}
+        | {"xopd_loss": loss, "s1": world.s1_key, "pool": "prompts"}
+    )
+    student_x = _final_model(x_dir, cfg.xopd_steps)
+    stage = x_dir.name  # "xopd" or "xopd_<loss>"
+    if cache.done(stage, x_key):
+        return student_x
+    _log(f"stage {stage}: cross-modal on-policy distillation from the stage-1 student (loss {loss})")
+    shutil.rmtree(x_dir, ignore_errors=True)
+    from xopd.training.trainer import train as run_train
+
+    x_cfg = _train_cfg(
+        x_dir,
+        algo="xopd",
+        student_path=str(world.student1),
+        teacher_path=str(world.teacher_dir),
+        lam=cfg.xopd_lam,
+        loss=loss,
+        n_samples=cfg.xopd_n,
+        batch_size=cfg.xopd_batch,
+        micro_batch_size=cfg.xopd_batch,
+        max_steps=cfg.xopd_steps,
+        lr=cfg.xopd_lr,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        eval_every=max(1, cfg.xopd_steps // 5),
+        replay_batch=cfg.xopd_replay,
+        encoder_cache_file=encoder_cache_file(world.root),
+    )
+    # X-OPD needs prompts, not references: its pool is spoken questions stage 1 never trained on
+    run_train(x_cfg, examples=by_task(xopd_pool(world), *BENCHES),
+              replay=by_task(world.split["train"], *REHEARSAL_TASKS))
+    cache.mark(stage, x_key, {"student": str(student_x)})
+    return student_x
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run (or reuse) every stage and write the report; returns report.json's content."""
     if cfg.quick:
@@ -344,48 +386,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_start = time.perf_counter()
     world = prepare_world(cfg)
     root, split, teacher_dir, student1 = world.root, world.split, world.teacher_dir, world.student1
-    cache, seconds, s1_key, train = StageCache(root), world.seconds, world.s1_key, world.split["train"]
-    rss = world.rss
+    cache, seconds, rss = StageCache(root), world.seconds, world.rss
 
-    # 4. X-OPD ------------------------------------------------------------------------------------
+    # 4. X-OPD (the paper's loss, then any --xopd_also variants from the same stage-1 student) ----------
     t0 = time.perf_counter()
-    x_key = _hash(
-        {
-            k: getattr(cfg, k)
-            for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam", "xopd_loss", "xopd_replay",
-                      "max_new_tokens", "seed")
-        }
-        | {"s1": s1_key, "pool": "prompts"}
-    )
+    students = {"student_base": student1}
+    for loss in [cfg.xopd_loss, *cfg.also_losses()]:
+        name = "xopd" if loss == cfg.xopd_loss else f"xopd_{loss}"
+        students[name] = _run_xopd(cfg, world, loss, root / name, cache)
     x_dir = root / "xopd"
-    student_x = _final_model(x_dir, cfg.xopd_steps)
-    if not cache.done("xopd", x_key):
-        _log("stage xopd: cross-modal on-policy distillation from the stage-1 student")
-        shutil.rmtree(x_dir, ignore_errors=True)
-        from xopd.training.trainer import train as run_train
-
-        x_cfg = _train_cfg(
-            x_dir,
-            algo="xopd",
-            student_path=str(student1),
-            teacher_path=str(teacher_dir),
-            lam=cfg.xopd_lam,
-            loss=cfg.xopd_loss,
-            n_samples=cfg.xopd_n,
-            batch_size=cfg.xopd_batch,
-            micro_batch_size=cfg.xopd_batch,
-            max_steps=cfg.xopd_steps,
-            lr=cfg.xopd_lr,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=cfg.seed,
-            threads=cfg.threads,
-            eval_every=max(1, cfg.xopd_steps // 5),
-            replay_batch=cfg.xopd_replay,
-            encoder_cache_file=encoder_cache_file(root),
-        )
-        # X-OPD needs prompts, not references: its pool is spoken questions stage 1 never trained on
-        run_train(x_cfg, examples=by_task(xopd_pool(world), *BENCHES), replay=by_task(train, *REHEARSAL_TASKS))
-        cache.mark("xopd", x_key, {"student": str(student_x)})
     seconds["xopd"] = time.perf_counter() - t0
     rss["xopd"] = _peak_rss_mb()
 
@@ -395,7 +404,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     results = evaluate_world(
         teacher_dir,
-        {"student_base": student1, "xopd": student_x},
+        students,
         split,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.eval_batch,

@@ -16,9 +16,9 @@ import time
 import torch
 
 from xopd.algos.base import make_prompts
-from xopd.algos.rollout import sample
 from xopd.bench.models import build_bench_world
 from xopd.bench.xopd_bench import bench_examples
+from xopd.generation import sample
 from xopd.models import load_student
 
 VARIANTS = {

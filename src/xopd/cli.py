@@ -11,25 +11,13 @@ import sys
 from collections.abc import Callable
 
 from xopd.errors import XopdError
+from xopd.utils.hf import quiet_hf
 
 TRAIN_EPILOG = """examples:
   xopd train --config configs/tiny.yaml --output_dir runs/tiny
   xopd train --config configs/tiny.yaml --output_dir runs/tiny --resume
   xopd train --config my.yaml --lam 1.0 --n_samples 8 --lr 2e-6
 """
-
-
-def _quiet_hf() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
@@ -72,7 +60,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_hf()
+    quiet_hf()
     argv = sys.argv[1:] if argv is None else argv
     parser, handlers = build_parser()
     args, rest = parser.parse_known_args(argv)

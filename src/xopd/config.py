@@ -153,25 +153,42 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
 
 
 def add_help_for(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Document every field of ``cls`` in ``parser``'s help (they are parsed by parse_overrides)."""
-    group = parser.add_argument_group(f"{cls.__name__} keys (YAML or --key value)")
+    """Document every field of ``cls`` in ``parser``'s help (they are parsed by parse_overrides).
+
+    A config composed of groups (``TrainConfig`` inherits ``OptimConfig``, ``GKDConfig``, ...) gets one
+    help section per group, titled by the group's name and docstring."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        base, optional = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"  # type: ignore[misc]
-        )
-        choices = f.metadata.get("choices")
-        tname = "{" + ",".join(map(str, choices)) + "}" if choices else base.__name__.upper()
-        extra = {"nargs": "?", "const": "true"} if base is bool else {}
-        group.add_argument(
-            f"--{f.name}",
-            metavar=tname,
-            # argparse %-formats help strings: a literal "%" (e.g. "95 %") must reach it as "%%"
-            help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"),
-            default=argparse.SUPPRESS,
-            **extra,
-        )
+    owners = [b for b in reversed(cls.__mro__) if dataclasses.is_dataclass(b) and vars(b).get("__annotations__")]
+    seen: set[str] = set()
+    for owner in owners or [cls]:
+        own = [f for f in dataclasses.fields(cls) if f.name in vars(owner).get("__annotations__", {})
+               and f.name not in seen] if owners else list(dataclasses.fields(cls))
+        if not own:
+            continue
+        seen |= {f.name for f in own}
+        doc = (owner.__doc__ or "").strip().split("\n")[0] if owner is not cls and len(owners) > 1 else ""
+        title = f"{owner.__name__} keys (YAML or --key value)"
+        group = parser.add_argument_group(title, doc.replace("%", "%%") or None)
+        for f in own:
+            _add_field(group, f, hints[f.name])
+
+
+def _add_field(group, f: dataclasses.Field, hint: Any) -> None:
+    base, optional = _base_type(hint)
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"  # type: ignore[misc]
+    )
+    choices = f.metadata.get("choices")
+    tname = "{" + ",".join(map(str, choices)) + "}" if choices else base.__name__.upper()
+    extra = {"nargs": "?", "const": "true"} if base is bool else {}
+    group.add_argument(
+        f"--{f.name}",
+        metavar=tname,
+        # argparse %-formats help strings: a literal "%" (e.g. "95 %") must reach it as "%%"
+        help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"),
+        default=argparse.SUPPRESS,
+        **extra,
+    )
 
 
 def overrides_from_namespace(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -20,11 +20,11 @@ from xopd.algos.baselines import REGISTRY
 from xopd.algos.gkd import GKD
 from xopd.algos.grpo import GRPO, group_advantages, verifiable_reward
 from xopd.algos.offline_kd import OfflineKD
-from xopd.algos.rollout import response_logits
 from xopd.algos.sft import SFT
 from xopd.cli import main
 from xopd.data.manifest import read_manifest
 from xopd.errors import ConfigError, DataError
+from xopd.generation import response_logits
 from xopd.models import check_tokenizer_alignment, load_student, load_teacher
 from xopd.training.config import TrainConfig
 from xopd.training.logging import read_metrics
@@ -148,7 +148,7 @@ def test_grpo_rows_without_answer_fail_clearly(models, tiny_world, tmp_path):
 # ----------------------------------------------------------------------------- GKD
 def _spy_sample(monkeypatch, module):
     """Record which model every rollout samples (through ``Algorithm.rollout`` or ``module.sample``)."""
-    import xopd.algos.rollout as rollout_mod
+    import xopd.generation.sampling as rollout_mod
 
     calls = []
     orig = rollout_mod.sample

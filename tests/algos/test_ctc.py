@@ -40,7 +40,7 @@ def test_ctc_trains_the_adapter_alone(ctc_student, tiny_world, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
     # the trained front end hears its training transcripts better than the untrained one
     from xopd.data.manifest import read_manifest
-    from xopd.world.scoring import wer
+    from xopd.metrics import wer
 
     exs = read_manifest(tiny_world["manifest"])[0]
     wavs, refs = [e.load_waveform() for e in exs], [e.text for e in exs]

@@ -9,8 +9,9 @@ import warnings
 import pytest
 import torch
 
-from xopd.algos.fast_decode import fast_decoder
-from xopd.algos.rollout import _static_cache, sample
+from xopd.generation import sample
+from xopd.generation.fast_decode import fast_decoder
+from xopd.generation.kv_cache import make_static_cache
 from xopd.models.base import Prompt
 from xopd.models.text_lm import TextLM
 from xopd.models.tiny import build_tiny_tokenizer
@@ -49,7 +50,7 @@ def test_fast_decode_matches_hf(kind):
     assert torch.equal(ref.ids, fast.ids) and torch.equal(ref.mask, fast.mask)
     torch.testing.assert_close(ref.logprobs, fast.logprobs, atol=2e-5, rtol=0)
     with torch.no_grad():  # and the fast path really was taken for this architecture
-        cache = _static_cache(model, 3, 32)
+        cache = make_static_cache(model, 3, 32)
         model.forward_embeds(batch.embeds, batch.attention_mask, cache=cache, use_cache=True)
         assert fast_decoder(model.lm, cache, torch.zeros(3, 4, dtype=torch.long)) is not None
 
@@ -71,7 +72,7 @@ def test_fast_decode_with_lora_and_steps_aside_for_dropout():
     assert torch.equal(ref.ids, fast.ids)
     torch.testing.assert_close(ref.logprobs, fast.logprobs, atol=2e-5, rtol=0)
     with torch.no_grad():
-        cache = _static_cache(model, 2, 24)
+        cache = make_static_cache(model, 2, 24)
         model.forward_embeds(batch.embeds, batch.attention_mask, cache=cache, use_cache=True)
         positions = torch.arange(4)[None].repeat(2, 1)
         assert fast_decoder(model.lm, cache, positions) is not None

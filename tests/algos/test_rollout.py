@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from xopd.algos.base import make_prompts
-from xopd.algos.rollout import response_logprobs, sample
 from xopd.data.manifest import read_manifest
+from xopd.generation import response_logprobs, sample
 from xopd.models import load_student, load_teacher
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from xopd.algos.base import make_prompts
-from xopd.algos.rollout import response_logits, response_logprobs, sample
 from xopd.data.manifest import read_manifest
+from xopd.generation import response_logits, response_logprobs, sample
 from xopd.models import load_student, load_teacher
 from xopd.models.base import Prompt
 
@@ -113,3 +113,22 @@ def test_gradient_checkpointing_falls_back_to_repeating(world, capsys):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="prompts x n=3"):
         response_logits(student, batch, ro.ids, ro.mask, n=3)
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_unshared_prefill_samples_the_same_responses(world, static):
+    """``shared_prompt: false`` (what benchmarks compare against) prefills every sample's own copy of its
+    prompt: more FLOPs, the same per-prompt-seeded samples and log-probs."""
+    tw, examples = world
+    teacher = load_teacher(tw["teacher"]).eval()
+    prompts = make_prompts(examples, "T")
+    outs = []
+    for shared in (True, False):
+        teacher.shared_prompt_ok = shared
+        with torch.no_grad():
+            outs.append(sample(teacher, teacher.embed_prompts(prompts), n=3, max_new_tokens=7, temperature=1.0,
+                               row_seeds=[11, 12, 13, 14], static_cache=static, fast_decode=static))
+    teacher.shared_prompt_ok = True
+    a, b = outs
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)

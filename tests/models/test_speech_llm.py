@@ -284,7 +284,8 @@ def test_encoder_cache_is_shared_and_can_store_fp16(tiny_student_dir):
     import numpy as np
     import torch
 
-    from xopd.models.speech_llm import SpeechLLM, clear_shared_encoder_caches
+    from xopd.models.encoder_cache import clear_shared_encoder_caches
+    from xopd.models.speech_llm import SpeechLLM
 
     clear_shared_encoder_caches()
     a = SpeechLLM.from_pretrained(tiny_student_dir).eval()

@@ -15,26 +15,17 @@ import soundfile as sf
 
 XOPD = Path(sys.executable).with_name("xopd")
 
-FAST = [
-    "--n_samples",
-    "2",
-    "--max_new_tokens",
-    "8",
-    "--batch_size",
-    "4",
-    "--micro_batch_size",
-    "2",
-    "--lr",
-    "1e-3",
-    "--progress",
-    "false",
-    "--report_to",
-    "jsonl",
-    "--eval_prompts",
-    "2",
-    "--threads",
-    "1",
-]
+#: the tiny world's fast ``xopd train`` settings; tests change what they need with :func:`fast_args`
+FAST_SETTINGS = {"n_samples": 2, "max_new_tokens": 8, "batch_size": 4, "micro_batch_size": 2, "lr": "1e-3",
+                 "progress": "false", "report_to": "jsonl", "eval_prompts": 2, "threads": 1}
+
+
+def fast_args(**over) -> list[str]:
+    """``FAST_SETTINGS`` with ``over`` applied, as ``--key value`` tokens."""
+    return [tok for k, v in {**FAST_SETTINGS, **over}.items() for tok in (f"--{k}", str(v))]
+
+
+FAST = fast_args()
 
 
 def subprocess_env() -> dict[str, str]:

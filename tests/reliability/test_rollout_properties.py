@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xopd.algos.rollout import response_logprobs
+from xopd.generation import response_logprobs
 from xopd.models.base import left_pad
 from xopd.models.text_lm import TextLM
 

@@ -20,40 +20,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from reliability._helpers import fast_args  # tests/ is on sys.path (rootdir conftest)
 from xopd.algos.base import make_prompts
-from xopd.algos.rollout import sample
 from xopd.cli import main
 from xopd.data.manifest import read_manifest
+from xopd.generation import sample
 from xopd.models import load_student
 from xopd.training.logging import read_metrics
 
 STEPS = 3
-ARGS = [
-    "--n_samples",
-    "2",
-    "--max_new_tokens",
-    "6",
-    "--batch_size",
-    "4",
-    "--micro_batch_size",
-    "2",
-    "--lr",
-    "1e-3",
-    "--adam_eps",
-    "1.0",
-    "--progress",
-    "false",
-    "--report_to",
-    "jsonl",
-    "--eval_prompts",
-    "2",
-    "--threads",
-    "1",
-    "--max_steps",
-    str(STEPS),
-    "--save_every",
-    "1",
-]
+ARGS = fast_args(max_new_tokens=6, adam_eps="1.0", max_steps=STEPS, save_every=1)
 
 
 def _train_args(tiny_world, out: Path, *extra: str) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from reliability._helpers import fast_args  # tests/ is on sys.path (rootdir conftest)
 from xopd.algos.xopd import XOPD
 from xopd.cli import main
 from xopd.data.manifest import read_manifest
@@ -21,32 +22,7 @@ from xopd.training.memory import (
     mark_checkpointed_layers,
 )
 
-ARGS = [
-    "--n_samples",
-    "2",
-    "--max_new_tokens",
-    "6",
-    "--batch_size",
-    "4",
-    "--micro_batch_size",
-    "2",
-    "--lr",
-    "1e-2",
-    "--progress",
-    "false",
-    "--report_to",
-    "jsonl",
-    "--eval_prompts",
-    "2",
-    "--threads",
-    "1",
-    "--save_every",
-    "2",
-    "--lora_r",
-    "4",
-    "--lora_targets",
-    "q_proj,v_proj",
-]
+ARGS = fast_args(max_new_tokens=6, lr="1e-2", save_every=2, lora_r=4, lora_targets="q_proj,v_proj")
 
 
 def _run(tiny_world, out: Path, steps: int, *extra: str) -> None:
@@ -129,16 +105,3 @@ def test_gradient_checkpointing_recomputes_and_keeps_grads(tiny_world):
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)
-
-
-def test_trim_heap_runs_on_linux_and_can_be_disabled(monkeypatch):
-    import sys
-
-    from xopd.training import memory
-
-    monkeypatch.setattr(memory, "_LIBC", {})
-    monkeypatch.setenv("XOPD_MALLOC_TRIM", "0")
-    assert memory.trim_heap() is False
-    monkeypatch.setattr(memory, "_LIBC", {})
-    monkeypatch.delenv("XOPD_MALLOC_TRIM")
-    assert memory.trim_heap() is sys.platform.startswith("linux")

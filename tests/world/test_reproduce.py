@@ -26,3 +26,34 @@ def test_quick_reproduce_report_schema(tmp_path):
         assert rep["cost"][row]["tokens"]["mean"] > 0
         assert "chosen_lr" in rep["lr_sweep"][row]
     assert (out / "report.md").is_file() and (out / "avg_drop.png").is_file()
+    assert set(rep["paired_vs_xopd_l05"]) == {"student_base", "sft"}
+    assert set(rep["paired_vs_xopd_l05"]["sft"]["test"]["avg_drop_S"]) == {"mean", "std", "n", "sep"}
+    assert "dS - xopd_l05 (seed-paired)" in (out / "report.md").read_text()
+
+
+def test_paired_differences_hand_values():
+    from xopd.world.reproduce import paired_differences
+
+    def run(ds: float) -> dict:
+        return {"test": {"avg_drop_S": ds, "avg_drop_T": 1.0}}
+
+    per_row = {"student_base": [run(20.0)], "sft": [run(12.0), run(15.0), run(9.0)],
+               "xopd_l05": [run(5.0), run(6.0), run(4.0)]}
+    out = paired_differences(per_row)
+    sft = out["sft"]["test"]["avg_drop_S"]  # differences 7, 9, 5: mean 7, sample std 2
+    assert (sft["mean"], sft["std"], sft["n"], sft["sep"]) == (7.0, 2.0, 3, 3.5)
+    base = out["student_base"]["test"]["avg_drop_S"]  # one run paired with each seed: 15, 14, 16
+    assert (base["mean"], base["std"], base["n"]) == (15.0, 1.0, 3)
+    assert out["sft"]["test"]["avg_drop_T"]["sep"] == 0.0  # identical everywhere: no difference
+    assert "xopd_l05" not in out and "heldout" not in out["sft"]
+
+
+def test_own_style_references_keep_the_answer_and_change_the_wording():
+    from xopd.metrics import extract_answer
+    from xopd.world.reproduce import own_style
+
+    teacher = "12 plus 5 is 17. 17 minus 3 is 14. The answer is 14."
+    mine = own_style(teacher)
+    assert mine == "Start with 12. Adding 5 gives 17. Taking away 3 gives 14. So 14. The answer is 14."
+    assert extract_answer(mine) == extract_answer(teacher) == "14"
+    assert own_style("cat, dog, sun") == "cat, dog, sun"  # instruct answers are bare: nothing to restyle

@@ -10,9 +10,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from xopd.metrics import normalize_text, score_item  # noqa: E402
 from xopd.models.base import render_chat_ids  # noqa: E402
 from xopd.models.text_lm import load_teacher  # noqa: E402
-from xopd.world.scoring import normalize_text, score_item  # noqa: E402
 from xopd.world.tasks import SPLITS, TASKS, generate_items  # noqa: E402
 from xopd.world.teacher import MARKER, _lr_factor, ensure_teacher, train_teacher  # noqa: E402
 from xopd.world.tokenizer import SPECIAL_TOKENS, build_world_tokenizer  # noqa: E402

@@ -1,7 +1,7 @@
 """What an algorithm is: a function from a micro-batch of examples to a differentiable loss.
 
 The trainer owns the loop (accumulation, optimizer, checkpoints, logging); an algorithm only turns
-examples into ``StepOutput``. Algorithms share the rollout/scoring pieces in ``rollout.py`` and the
+examples into ``StepOutput``. Algorithms share the sampling and scoring pieces of :mod:`xopd.generation` and the
 loss functions in ``xopd.losses`` rather than copying them.
 """
 
@@ -54,6 +54,9 @@ class Algorithm(ABC):
 
     name: str = ""
     uses_teacher: bool = True
+    #: the config groups (:mod:`xopd.algos.configs`) whose keys this algorithm reads, besides the
+    #: trainer's own; ``xopd train --help`` and docs/DESIGN.md list them per algorithm
+    config_cls: tuple[type, ...] = ()
 
     def __init__(self, cfg, student: PolicyModel, teacher: PolicyModel | None, vocab_limit: int | None = None):
         self.cfg = cfg
@@ -76,7 +79,7 @@ class Algorithm(ABC):
         ``prompts`` is a :class:`~xopd.models.base.PromptBatch` whose rows follow the examples (repeated
         once per stream block, as X-OPD's views are).
         """
-        from xopd.algos.rollout import derive_seed, sample
+        from xopd.generation.sampling import derive_seed, sample
 
         cfg = self.cfg
         seeds = getattr(generator, "prompt_seeds", None)

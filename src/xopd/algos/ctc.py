@@ -19,9 +19,10 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput
+from xopd.algos.configs import CTCConfig
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError, DataError
-from xopd.world.scoring import normalize_text
+from xopd.metrics import normalize_text
 
 
 def ctc_target(tokenizer, text: str, punctuation: bool = True) -> list[int]:
@@ -53,10 +54,11 @@ def spec_augment(hidden: torch.Tensor, lengths: torch.Tensor, generator: torch.G
 class CTC(Algorithm):
     name = "ctc"
     uses_teacher = False
+    config_cls = (CTCConfig,)
 
     def __init__(self, cfg, student, teacher=None, vocab_limit=None) -> None:
         super().__init__(cfg, student, teacher, vocab_limit)
-        if getattr(student, "adapter", None) is None:
+        if student.adapter is None:
             raise ConfigError("config: algo 'ctc' needs a student with a CTC adapter (compose one with "
                               "`xopd models compose --adapter ctc`)")
 

@@ -23,15 +23,17 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.rollout import response_logits
+from xopd.algos.configs import GKDConfig, PolicyLossConfig, RolloutConfig
 from xopd.algos.sft import reference_of, tokenize_responses
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError
+from xopd.generation import response_logits
 from xopd.losses import aggregate, generalized_jsd
 
 
 class GKD(Algorithm):
     name = "gkd"
+    config_cls = (GKDConfig, RolloutConfig, PolicyLossConfig)
 
     def __init__(self, cfg, student, teacher, vocab_limit=None):
         super().__init__(cfg, student, teacher, vocab_limit)

@@ -22,13 +22,14 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.rollout import response_logits
+from xopd.algos.configs import GRPOConfig, PolicyLossConfig, RolloutConfig
 from xopd.data.manifest import Example
 from xopd.errors import DataError
+from xopd.generation import response_logits
 from xopd.losses import aggregate, entropy_from_logits, gather_logprobs, policy_gradient_loss
-from xopd.world.scoring import score_item
+from xopd.metrics import score_item
 
-#: Tasks :func:`xopd.world.scoring.score_item` knows; any other task is scored by exact match.
+#: Tasks :func:`xopd.metrics.score_item` knows; any other task is scored by exact match.
 SCORED_TASKS = ("reasoning", "instruct", "audio_only", "asr")
 GROUP_EPS = 1e-6
 
@@ -83,12 +84,13 @@ def sampling_vocab(model, vocab_limit: int | None) -> int:
 class GRPO(Algorithm):
     name = "grpo"
     uses_teacher = False
+    config_cls = (GRPOConfig, RolloutConfig, PolicyLossConfig)
 
     def rewards(
         self, examples: Sequence[Example], texts: Sequence[str], prompt_index: torch.Tensor
     ) -> torch.Tensor:
         """``[N]`` rewards of decoded responses, row i answering ``examples[prompt_index[i]]``."""
-        mode = getattr(self.cfg, "grpo_reward", "task")
+        mode = self.cfg.grpo_reward
         out = [
             verifiable_reward(examples[int(p)].task, t, examples[int(p)].answer, mode)
             for t, p in zip(texts, prompt_index.tolist())
@@ -110,7 +112,7 @@ class GRPO(Algorithm):
             ro = self.rollout(student, student.embed_prompts(prompts), n, generator, vocab_limit=vocab)
         texts = decode_responses(student.tokenizer, ro.ids, ro.mask)
         rewards = self.rewards(examples, texts, ro.prompt_index)
-        seq_adv = group_advantages(rewards, n, getattr(cfg, "grpo_scale_std", True)).to(ro.logprobs.device)
+        seq_adv = group_advantages(rewards, n, cfg.grpo_scale_std).to(ro.logprobs.device)
         adv = torch.where(ro.mask, seq_adv[:, None].expand_as(ro.logprobs), 0.0)
 
         s_train = student.embed_prompts(prompts)  # each prompt once: its n samples share it

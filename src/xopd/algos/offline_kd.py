@@ -29,11 +29,12 @@ from typing import Any
 import torch
 
 from xopd.algos.base import StepOutput, make_prompts
+from xopd.algos.configs import OfflineKDConfig, PolicyLossConfig, RolloutConfig, SFTConfig
 from xopd.algos.grpo import decode_responses
-from xopd.algos.rollout import sample
 from xopd.algos.sft import SFT
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError, DataError
+from xopd.generation import sample
 
 RESPONSE_FIELD = "teacher_response"
 
@@ -101,6 +102,7 @@ class TeacherResponseCache:
 class OfflineKD(SFT):
     name = "offline_kd"
     uses_teacher = True
+    config_cls = (OfflineKDConfig, SFTConfig, RolloutConfig, PolicyLossConfig)
     response_field = RESPONSE_FIELD
 
     def __init__(self, cfg, student, teacher, vocab_limit=None):
@@ -109,9 +111,9 @@ class OfflineKD(SFT):
             raise ConfigError(
                 "config: algo offline_kd needs a teacher to write its responses (set teacher_path)"
             )
-        path = getattr(cfg, "kd_cache", None) or Path(cfg.output_dir) / "kd_cache.jsonl"
+        path = cfg.kd_cache or Path(cfg.output_dir) / "kd_cache.jsonl"
         self.cache = TeacherResponseCache(path)
-        if getattr(cfg, "teacher_path", None):
+        if cfg.teacher_path:
             self.teacher_id = str(Path(cfg.teacher_path).resolve())
         else:
             self.teacher_id = str(
@@ -122,7 +124,7 @@ class OfflineKD(SFT):
     def settings(self) -> dict[str, Any]:
         """Everything besides the teacher and the prompt that decides what the teacher writes."""
         cfg = self.cfg
-        temp = float(getattr(cfg, "kd_temperature", 0.0))
+        temp = float(cfg.kd_temperature)
         out: dict[str, Any] = {
             "temperature": temp,
             "max_new_tokens": cfg.max_new_tokens,

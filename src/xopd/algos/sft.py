@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.rollout import response_logits
+from xopd.algos.configs import PolicyLossConfig, SFTConfig
 from xopd.data.manifest import Example
 from xopd.errors import DataError
+from xopd.generation import response_logits
 from xopd.losses import aggregate, sft_cross_entropy
 
 
@@ -44,11 +45,12 @@ def reference_of(example: Example, field: str = "reference") -> str:
 class SFT(Algorithm):
     name = "sft"
     uses_teacher = False
+    config_cls = (SFTConfig, PolicyLossConfig)
     response_field = "reference"
 
     def step(self, examples: Sequence[Example], generator: torch.Generator) -> StepOutput:
         cfg, student = self.cfg, self.student
-        view = getattr(cfg, "sft_view", "S")
+        view = cfg.sft_view
         texts = [reference_of(ex, self.response_field) for ex in examples]
         ids, mask = tokenize_responses(student.tokenizer, texts, student.eos_token_ids[0], student.pad_token_id,
                                        cfg.max_new_tokens, student.device)

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.rollout import response_logits, response_logprobs
+from xopd.algos.configs import PolicyLossConfig, RolloutConfig, XOPDConfig
 from xopd.data.manifest import Example
+from xopd.generation import response_logits, response_logprobs
 from xopd.losses import (
     advantage,
     aggregate,
@@ -42,6 +43,7 @@ def view_weights(lam: float) -> list[tuple[str, float]]:
 
 class XOPD(Algorithm):
     name = "xopd"
+    config_cls = (XOPDConfig, RolloutConfig, PolicyLossConfig)
 
     def step(self, examples: Sequence[Example], generator: torch.Generator) -> StepOutput:
         cfg, student, teacher = self.cfg, self.student, self.teacher

@@ -14,10 +14,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from xopd.utils.io import atomic_write_text
+
 EPILOG = """examples:
   xopd bench --vs-trl                       # S and M, xopd vs TRL; writes runs/bench/bench.json
   xopd bench --sizes M --steps 8 --rounds 3 # longer, steadier
+  xopd bench --vs-trl --sizes X --steps 3 --rounds 1   # the X-OPD-shaped step: shared-prompt path vs not vs TRL
   xopd bench --quick                        # seconds: tiny model, checks the pipeline (numbers meaningless)
+  xopd bench --quick --sizes XS,X           # the same smoke run with the X-OPD shape
 TRL is optional: pip install 'xopd[bench]' (trl>=1.16); without it the TRL columns are empty.
 """
 
@@ -38,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="also run TRL's DistillationTrainer and GKDTrainer (lmbda=1, beta=1) on the same world",
     )
     p.add_argument(
-        "--sizes", default="S,M", help="comma list of model sizes: S (d128x4), M (d384x6), XS (tiny)"
+        "--sizes", default="S,M", help="comma list of model sizes: S (d128x4), M (d384x6), XS (tiny), "
+        "X (M's model on an X-OPD-shaped step: 8 prompts of ~110 tokens, 20 new tokens, n=4; xopd with and "
+        "without the shared-prompt path, TRL with prompts repeated n times)"
     )
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per trainer (after --warmup)")
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps per trainer")
@@ -81,8 +87,7 @@ def cmd_bench(args: argparse.Namespace, rest: list[str] | None = None) -> int:
         args.rss = not args.quick
     out = Path(args.output or os.path.join(args.work_dir, "bench.json"))
     report = run_bench(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"[xopd] wrote {out} ({_dt.datetime.now():%Y-%m-%d %H:%M})")
     return 0
 

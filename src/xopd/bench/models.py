@@ -16,13 +16,16 @@ from pathlib import Path
 
 import torch
 
-from xopd.models.tiny import DEFAULT_WORDS, _silence_hf, build_tiny_tokenizer
+from xopd.models.tiny import DEFAULT_WORDS, build_tiny_tokenizer
+from xopd.utils.hf import quiet_hf
 
 #: d_model, layers, ffn width, attention heads (head dim 64 at M, 32 at S).
 SIZES: dict[str, dict[str, int]] = {
     "S": {"d": 128, "layers": 4, "ffn": 512, "heads": 4},
     "M": {"d": 384, "layers": 6, "ffn": 1536, "heads": 6},
     "XS": {"d": 32, "layers": 2, "ffn": 64, "heads": 2},  # for the --quick smoke run only
+    # X-OPD-shaped workload on M's model (bench/x_shape.py): long prompts, short answers, n samples
+    "X": {"d": 384, "layers": 6, "ffn": 1536, "heads": 6},
 }
 PROMPT_WORDS = 22  # + the chat template's tokens -> 29 prompt tokens with the tiny tokenizer
 
@@ -68,12 +71,14 @@ def _llama(tok, spec: dict[str, int], seed: int):
     return model
 
 
-def build_bench_world(size: str, root: str | Path, n_prompts: int = 16, seed: int = 0) -> BenchWorld:
-    """Build (or reuse) ``root/size/{student,teacher}`` and return the world for ``size``."""
+def build_bench_world(size: str, root: str | Path, n_prompts: int = 16, seed: int = 0,
+                      words: int = PROMPT_WORDS, spec: dict[str, int] | None = None) -> BenchWorld:
+    """Build (or reuse) ``root/size/{student,teacher}`` and return the world for ``size`` (its models
+    from ``SIZES[size]`` unless ``spec`` is given; ``n_prompts`` prompts of ``words`` words)."""
     if size not in SIZES:
         raise ValueError(f"unknown bench size {size!r}; choose from {', '.join(SIZES)}")
-    _silence_hf()
-    spec = SIZES[size]
+    quiet_hf(offline=False)
+    spec = spec or SIZES[size]
     base = Path(root) / size
     marker = base / "world.json"
     key = {"spec": spec, "seed": seed}
@@ -86,4 +91,4 @@ def build_bench_world(size: str, root: str | Path, n_prompts: int = 16, seed: in
         params = sum(p.numel() for p in _llama(tok, spec, seed + 1).parameters())
         marker.write_text(json.dumps({"key": key, "params": params}))
     params = int(json.loads(marker.read_text())["params"])
-    return BenchWorld(size, base / "student", base / "teacher", bench_prompts(n_prompts, seed), params)
+    return BenchWorld(size, base / "student", base / "teacher", bench_prompts(n_prompts, seed, words), params)

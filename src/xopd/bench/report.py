@@ -45,11 +45,11 @@ def run_bench(args) -> dict[str, Any]:
     from xopd.bench.system import cpu_model, matmul_peak_gflops, run_child
     from xopd.bench.trl_bench import run_trl, trl_available
     from xopd.bench.xopd_bench import phase_breakdown, run_xopd, step_flops
-    from xopd.cli import _quiet_hf
     from xopd.errors import ConfigError
     from xopd.models import load_student, load_teacher
+    from xopd.utils.hf import quiet_hf
 
-    _quiet_hf()
+    quiet_hf()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     bad = [s for s in sizes if s not in SIZES]
     if bad:
@@ -91,6 +91,16 @@ def run_bench(args) -> dict[str, Any]:
         "peak_rss_mb": {},
     }
     for size in sizes:
+        if size == "X":
+            from xopd.bench.x_shape import run_x
+
+            xr = run_x(args, work, threads, peak, use_trl, log)
+            report["vs_trl"]["X"] = xr["vs_trl"]
+            report["shared_prompt"] = {"X": xr["shared_prompt"]}
+            report["x_shape"] = xr["shape"]
+            report["xopd_step_gflops"]["X"] = xr["step_gflops"]
+            report["xopd_step_peak_fraction"]["X"] = xr["step_peak_fraction"]
+            continue
         world = build_bench_world(size, work / "world", n_prompts=args.prompts)
         runs: dict[str, list[dict[str, float]]] = {"xopd": [], "distillation": [], "gkd": []}
         for r in range(args.rounds):
@@ -138,6 +148,8 @@ def run_bench(args) -> dict[str, Any]:
             int(round(x["gen_tokens"])),
         )
         report["phases"][size] = phases
+        # the rollout (prefill + decode) against the time its FLOPs need at the measured matmul peak
+        report.setdefault("decode_bound", {})[size] = phases["rollout"] / (phases["rollout_gflop"] / peak)
         report["xopd_step_gflops"][size] = flops["step_gflop"] / x["step_s"]
         report["xopd_step_peak_fraction"][size] = report["xopd_step_gflops"][size] / peak
         # per CPU-second of the process (all threads): what the step does with the cycles it actually got
@@ -188,6 +200,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"{size:<5}{v['xopd_tok_s']:>12.0f}{cell('distillation'):>15}{cell('gkd'):>11}  {ratio:<20}"
             f"{g:>14.1f}{100 * g / peak:>7.0f}%"
         )
+    for size, sp in (report.get("shared_prompt") or {}).items():
+        lines.append(f"  {size} shared-prompt path: {sp['shared_tok_s']:.0f} vs {sp['unshared_tok_s']:.0f} tok/s "
+                     f"without it ({sp['speedup']:.2f}x)")
+    for size, ratio in (report.get("decode_bound") or {}).items():
+        lines.append(f"  {size} rollout: {ratio:.1f}x its FLOP-bound time at the measured peak")
     for size, ph in report["phases"].items():
         parts = ", ".join(f"{k} {ph[k]:.3f}s" for k in ("rollout", "teacher", "student_fwd_bwd", "optimizer"))
         lines.append(f"  {size} phases: {parts} (step {ph['step_gflop']:.1f} GFLOP)")

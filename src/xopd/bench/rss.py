@@ -25,11 +25,12 @@ def probe(kind: str, root: Path, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     if kind in ("demo-quick", "demo-full"):
-        from xopd.cli import main as xopd_main
+        from xopd.world.config import DemoConfig
+        from xopd.world.pipeline import run_demo
 
-        args = ["demo", "--output_dir", str(root / kind), "--threads", str(threads)]
-        if xopd_main(args + (["--quick"] if kind == "demo-quick" else [])) != 0:
-            raise RuntimeError(f"xopd {' '.join(args)} failed")
+        cfg = DemoConfig(output_dir=str(root / kind), threads=threads, quick=kind == "demo-quick")
+        cfg.validate()
+        run_demo(cfg)
         return {"kind": kind, "peak_rss_mb": peak_rss_mb()}
     if kind == "imports":
         return {"kind": kind, "peak_rss_mb": peak_rss_mb()}
@@ -74,9 +75,9 @@ def probe(kind: str, root: Path, threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from xopd.cli import _quiet_hf
+    from xopd.utils.hf import quiet_hf
 
-    _quiet_hf()
+    quiet_hf()
     kind, root = argv[0], Path(argv[1])
     threads = int(argv[2]) if len(argv) > 2 else 1
     print(json.dumps(probe(kind, root, threads)))

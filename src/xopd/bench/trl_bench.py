@@ -85,8 +85,12 @@ def run_trl(
     warmup: int = 1,
     seed: int = 0,
     work_dir: str = "runs/bench/trl",
+    repeat: int = 1,
 ) -> dict[str, float]:
     """Train ``warmup + steps`` steps with TRL trainer ``kind`` ("distillation" or "gkd"); return timings.
+
+    ``repeat``: every prompt appears this many times in a batch (n samples per prompt: what TRL does
+    for n samples, each row computing its prompt again).
 
     Returns ``{"step_s": median steady step seconds, "tok_s": completion tokens/s, "steps": n}``.
     """
@@ -97,7 +101,8 @@ def run_trl(
     tok = AutoTokenizer.from_pretrained(world.student)
     student = AutoModelForCausalLM.from_pretrained(world.student, dtype=torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(world.teacher, dtype=torch.float32)
-    batch = len(world.prompts)
+    prompts = [p for p in world.prompts for _ in range(repeat)]
+    batch = len(prompts)
     total = warmup + steps
     # enough rows that every step sees a full batch of the same prompts
     out_dir = os.path.join(work_dir, f"{kind}-{world.size}")
@@ -108,7 +113,7 @@ def run_trl(
         if kind == "distillation":
             from trl import DistillationConfig, DistillationTrainer
 
-            rows = [{"prompt": [{"role": "user", "content": p}]} for p in world.prompts] * total
+            rows = [{"prompt": [{"role": "user", "content": p}]} for p in prompts] * total
             args = DistillationConfig(
                 **common,
                 beta=1.0,
@@ -119,20 +124,13 @@ def run_trl(
                 shuffle_dataset=False,
                 disable_dropout=True,
             )
-            trainer = DistillationTrainer(
-                model=student,
-                teacher_model=teacher,
-                args=args,
-                train_dataset=Dataset.from_list(rows),
-                processing_class=tok,
-                callbacks=[timer],
-            )
+            trainer_cls = DistillationTrainer
         elif kind == "gkd":
             from trl.experimental.gkd import GKDConfig, GKDTrainer
 
             rows = [
                 {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "ok"}]}
-                for p in world.prompts
+                for p in prompts
             ] * total
             args = GKDConfig(
                 **common,
@@ -142,16 +140,11 @@ def run_trl(
                 max_new_tokens=max_new_tokens,
                 disable_dropout=True,
             )
-            trainer = GKDTrainer(
-                model=student,
-                teacher_model=teacher,
-                args=args,
-                train_dataset=Dataset.from_list(rows),
-                processing_class=tok,
-                callbacks=[timer],
-            )
+            trainer_cls = GKDTrainer
         else:
             raise ValueError(f"unknown TRL trainer {kind!r}")
+        trainer = trainer_cls(model=student, teacher_model=teacher, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tok, callbacks=[timer])
         with contextlib.redirect_stdout(sys.stderr):  # TRL prints its summary dict to stdout
             trainer.train()
     steady = timer.times[warmup:] or timer.times

@@ -92,7 +92,7 @@ def run_xopd(
 def phase_breakdown(world: BenchWorld, steps: int = 2, max_new_tokens: int = 48, **over) -> dict[str, float]:
     """Seconds per phase of one step (median over ``steps`` after one warm-up) and the step's GFLOP."""
     from xopd.algos.base import make_prompts
-    from xopd.algos.rollout import derive_seed, response_logits, response_logprobs, sample
+    from xopd.generation import derive_seed, response_logits, response_logprobs, sample
     from xopd.losses import advantage, gather_logprobs, policy_gradient_loss
     from xopd.models import load_student, load_teacher
 

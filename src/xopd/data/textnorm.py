@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from xopd.world.scoring import normalize_text
+from xopd.metrics import normalize_text
 
 __all__ = ["normalize_for_wer", "number_to_words", "spell_numbers"]
 
@@ -87,5 +87,5 @@ def spell_numbers(text: str) -> str:
 
 
 def normalize_for_wer(text: str) -> str:
-    """Numbers in words, then :func:`xopd.world.scoring.normalize_text` (case, punctuation)."""
+    """Numbers in words, then :func:`xopd.metrics.normalize_text` (case, punctuation)."""
     return normalize_text(spell_numbers(text.replace("-", " ")))

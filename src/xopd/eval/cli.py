@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-from xopd.errors import ConfigError, DataError
+from xopd.eval.config import EvalConfig
 from xopd.eval.judge import SCORERS
 
 EPILOG = """examples:
@@ -42,189 +38,10 @@ exact), task "asr" (WER), or a "rubric" field / task "open" (the judge).
 """
 
 
-def _bench_names(paths: list[str]) -> list[str]:
-    """Manifest stems; folder name when the stem is the generic 'manifest'; suffixes on clashes."""
-    names = []
-    for p in paths:
-        path = Path(p)
-        name = path.parent.name if path.stem == "manifest" and path.parent.name else path.stem
-        base, k = name, 2
-        while name in names:
-            name, k = f"{base}-{k}", k + 1
-        names.append(name)
-    return names
-
-
-def audio_window_seconds(model) -> float | None:
-    """Longest audio the student's encoder takes in one prompt, or None if unbounded/unknown."""
-    enc = getattr(model, "encoder", None)
-    feats = getattr(model, "feature_config", None)
-    if enc is not None and hasattr(enc, "max_frames") and feats:
-        return enc.max_frames * feats.get("hop_length", 160) / feats.get("sampling_rate", 16000)
-    from xopd.models.qwen2_audio import Qwen2AudioStudent
-
-    if isinstance(model, Qwen2AudioStudent):  # pads every clip to the processor's 30 s window
-        fe = model.processor.feature_extractor
-        return fe.n_samples / fe.sampling_rate
-    return getattr(model, "max_audio_seconds", None)
-
-
-def _check_lengths(examples, manifest: str, window: float | None) -> None:
-    if window is None:
-        return
-    import soundfile as sf
-
-    for ex in examples:
-        if ex.audio is None or ex.audio_bytes is not None:
-            continue
-        info = sf.info(ex.audio)
-        seconds = info.frames / info.samplerate
-        if seconds > window + 1e-6:
-            raise DataError(
-                f"{manifest}: row {ex.id!r} has {seconds:.1f} s of audio but the student's encoder window is "
-                f"{window:.1f} s; trim the audio or drop the row (xopd synth --max-seconds {window:g})"
-            )
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise ConfigError("--max_new_tokens and --batch_size must be >= 1")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be >= 1")
-    if not args.manifest and not args.bench:
-        raise ConfigError("nothing to evaluate: give --manifest FILE and/or --bench NAME --data PATH")
-    if len(args.data) != len(args.bench):
-        raise ConfigError(
-            f"{len(args.bench)} --bench but {len(args.data)} --data: give one --data PATH per --bench, in the same order"
-        )
-    if bool(args.judge_url) != bool(args.judge_model):
-        raise ConfigError("--judge-url and --judge-model go together: give both or neither")
-    if args.judge_url and args.judge_model_dir:
-        raise ConfigError("give either --judge-url/--judge-model or --judge-model-dir, not both")
-
-
-def _plan(speech: bool, views: tuple[str, ...], student, teacher) -> list[tuple[str, Any, str]]:
-    plan = [("student_S", student, "S")] if speech and "S" in views else []
-    if "T" in views:
-        plan.append(("student_T", student, "T"))
-        if teacher is not None:
-            plan.append(("teacher_T", teacher, "T"))
-    return plan
-
-
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from xopd.data.manifest import read_manifest
-    from xopd.eval.benchmarks import ScoreContext, bench_prompt, load_benchmark
-    from xopd.eval.benchmarks.judging import LocalJudge, describe_judge
-    from xopd.eval.benchmarks.voicebench_official import resolve_src
-    from xopd.eval.judge import Judge
-    from xopd.eval.report import benchmark_parts, build_report, score_run, write_report
-    from xopd.eval.responses import ResponseStore, generate_logged
-    from xopd.models import load_student, load_teacher
-    from xopd.models.text_lm import TextLM
-
-    _check_args(args)
-    judge = None
-    if args.judge_url:
-        judge = Judge(args.judge_url, args.judge_model)
-    elif args.judge_model_dir:
-        judge = LocalJudge(args.judge_model_dir, device=args.device)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    names = _bench_names(args.manifest)
-    loaded = []
-    for path in args.manifest:
-        examples, skips = read_manifest(path, strict=args.strict, max_audio_seconds=None)
-        if skips.total:
-            print(f"[xopd eval] {path}: {skips.summary()}", file=sys.stderr)
-        loaded.append((examples[: args.limit] if args.limit else examples, skips))
-    suites = [(data, sub) for spec, data in zip(args.bench, args.data)
-              for sub in load_benchmark(spec, data, args.limit, voicebench_src=args.voicebench_src)]  # fmt: skip
-
-    t0 = time.perf_counter()
-    student = load_student(args.student, device=args.device)
-    speech = not isinstance(student, TextLM)
-    window = audio_window_seconds(student) if speech else None
-    if speech:
-        for (examples, _), path in zip(loaded, args.manifest):
-            _check_lengths(examples, path, window)
-        for data, sub in suites:
-            _check_lengths([e for e in sub.examples if e.audio], data, window)
-    teacher = load_teacher(args.teacher, device=args.device) if args.teacher else None
-    json_path = Path(args.output)
-    store = ResponseStore(json_path.with_name(json_path.stem + ".responses.jsonl"), resume=args.resume)
-    ids = {"student": str(args.student), "teacher": str(args.teacher)}
-
-    def answer(bench: str, run: str, model, rows, view: str, prompt_fn=None) -> list[str]:
-        return generate_logged(
-            model, rows, view, store, benchmark=bench, run=run, model_id=ids[run.split("_")[0]],
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=not args.no_progress,
-            prompt_fn=prompt_fn,
-        )  # fmt: skip
-
-    benchmarks: dict[str, dict[str, Any]] = {}
-    for name, path, (examples, skips) in zip(names, args.manifest, loaded):
-        parts = benchmark_parts(name, examples)
-        for bench, (metric, idx) in parts.items():
-            rows = [examples[i] for i in idx]
-            runs: dict[str, Any] = {}
-            views = ("S", "T") if all(r.audio for r in rows) else ("T",)
-            views = ("S",) if metric == "audio_only" else views
-            for run, model, view in _plan(speech, views, student, teacher if metric != "wer" else None):
-                resp = answer(bench, run, model, rows, view)
-                runs[run] = score_run(rows, resp, "wer" if metric == "wer" else "accuracy", judge, args.scorer)
-            benchmarks[bench] = {
-                "manifest": str(path), "metric": metric, "n": len(rows), "runs": runs,
-                "skipped_rows": skips.counts if skips.total else {},
-            }  # fmt: skip
-    ctx = ScoreContext(judge=judge, seed=args.seed)
-    for data, sub in suites:
-        entry: dict[str, Any] = {
-            "benchmark": sub.benchmark, "data": str(data), "source": sub.source, "metric": sub.metric,
-            "unit": sub.unit, "scorer": sub.scorer, "views": list(sub.views), "n": len(sub.examples), "runs": {},
-            "notes": list(sub.notes),
-        }  # fmt: skip
-        if sub.rules:
-            entry["rules"] = sub.rules
-        benchmarks[sub.name] = entry
-        plan = _plan(speech, sub.views, student, teacher)
-        if sub.skip or not plan:
-            entry["skipped"] = sub.skip or "S view only and the student is a text model"
-            print(f"[xopd eval] {sub.name}: skipped ({entry['skipped']})", file=sys.stderr)
-            continue
-        for run, model, view in plan:
-            resp = answer(sub.name, run, model, sub.examples, view, bench_prompt)
-            entry["runs"][run] = sub.score(sub.examples, resp, ctx)
-            if entry["runs"][run].get("skipped"):
-                print(f"[xopd eval] {sub.name} {run}: not scored ({entry['runs'][run]['skipped']})", file=sys.stderr)
-    store.close()
-    vb_src = resolve_src(args.voicebench_src) if any(s.benchmark == "voicebench" for _, s in suites) else None
-    settings = {
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
-        "decoding": "greedy",
-        "judge": {"url": judge.url, "model": judge.model} if isinstance(judge, Judge) else describe_judge(judge),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "speech_student": speech,
-        "audio_window_seconds": window,
-        "scorer": args.scorer,
-        "seed": args.seed,
-        "limit": args.limit,
-        "voicebench_src": str(vb_src) if vb_src else None,
-        "resumed_responses": store.resumed if args.resume else 0,
-    }
-    report = build_report(benchmarks, student=str(args.student), teacher=args.teacher, settings=settings)
-    json_path, md_path = write_report(report, args.output)
-    print(md_path.read_text(), end="")
-    print(f"[xopd eval] wrote {json_path}, {md_path} and {store.path}", file=sys.stderr)
-    return report
-
-
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
-    run_eval(args)
+    from xopd.eval.run import run_eval
+
+    run_eval(EvalConfig.from_namespace(args))
     return 0
 
 

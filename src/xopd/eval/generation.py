@@ -13,11 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from xopd.algos.base import make_prompts
-from xopd.algos.rollout import sample
 from xopd.data.manifest import Example
+from xopd.generation import sample
+from xopd.metrics import score_item, wer
 from xopd.models.base import PolicyModel
-from xopd.training.memory import trim_heap
-from xopd.world.scoring import score_item, wer
+from xopd.utils.heap import trim_heap
 
 
 @torch.no_grad()

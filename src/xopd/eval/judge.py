@@ -16,7 +16,7 @@ command's ``--scorer``, else ``auto``. Scorers (:data:`SCORERS`):
 * ``judge``: the judge (any OpenAI-compatible chat-completions endpoint) returns a 0-10 grade,
   scored as grade / 10; rows with a ``rubric`` field or ``task == "open"`` get it under ``auto``.
   Without a judge such rows are *unscored* and counted as such in the report, never given 0 or 1;
-* ``world``: the mini world's own checks (:func:`xopd.world.scoring.score_item`; ``reasoning``
+* ``world``: the mini world's own checks (:func:`xopd.metrics.score_item`; ``reasoning``
   requires the "The answer is N" phrase its teacher is trained to say).
 
 ``auto`` picks ``judge`` for rubric/open rows, ``contains`` for ``"match": "contains"`` rows,
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xopd.errors import XopdError
-from xopd.world.scoring import extract_answer, normalize_answer, score_item
+from xopd.metrics import extract_answer, normalize_answer, score_item
 
 __all__ = [
     "SCORERS",

@@ -25,7 +25,7 @@ from typing import Any
 
 from xopd.data.textnorm import normalize_for_wer
 from xopd.eval.judge import Judge, resolve_scorer, row_metric, score_row
-from xopd.world.scoring import wer
+from xopd.metrics import wer
 
 __all__ = ["RUNS", "avg_drops", "benchmark_parts", "build_report", "score_run", "to_markdown", "write_report"]
 

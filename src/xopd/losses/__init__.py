@@ -3,7 +3,6 @@
 from xopd.losses.functional import (
     ADV_ESTIMATORS,
     AGG_MODES,
-    KL_PENALTY_KINDS,
     LOGPROB_FLOOR,
     advantage,
     aggregate,
@@ -14,7 +13,6 @@ from xopd.losses.functional import (
     generalized_jsd,
     k1_advantage,
     k3_advantage,
-    kl_penalty,
     masked_mean,
     policy_gradient_loss,
     reverse_kl,
@@ -24,7 +22,6 @@ from xopd.losses.functional import (
 __all__ = [
     "ADV_ESTIMATORS",
     "AGG_MODES",
-    "KL_PENALTY_KINDS",
     "LOGPROB_FLOOR",
     "advantage",
     "aggregate",
@@ -35,7 +32,6 @@ __all__ = [
     "generalized_jsd",
     "k1_advantage",
     "k3_advantage",
-    "kl_penalty",
     "masked_mean",
     "policy_gradient_loss",
     "reverse_kl",

@@ -31,7 +31,6 @@ from torch.utils.checkpoint import checkpoint
 
 AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
 ADV_ESTIMATORS = ("k1", "k3")
-KL_PENALTY_KINDS = ("k1", "k2", "k3", "low_var_kl", "abs")
 LOGPROB_FLOOR = -1.0e4
 LOG_RATIO_CLAMP = 20.0
 
@@ -277,32 +276,21 @@ def policy_gradient_loss(
     return loss, stats
 
 
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kind: str = "k1") -> Tensor:
-    """Per-token KL-to-reference estimate ``[B, L]`` (verl naming), differentiable, 0 where masked.
+def _full_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float,
+             chunk_size: int | None, student_first: bool) -> Tensor:
+    """Full-vocab KL per token, ``KL(p_S || p_T)`` if ``student_first`` else ``KL(p_T || p_S)``."""
+    _check_temperature(temperature)
+    s, t, m, lead = _pair_rows(student_logits, teacher_logits, mask)
 
-    With ``d = logprobs - ref_logprobs`` (clamped to [-20, 20] for k3/low_var_kl):
-    ``k1 = d``; ``abs = |d|``; ``k2 = d^2 / 2``; ``k3 = exp(-d) - 1 + d``;
-    ``low_var_kl`` = k3 clamped to [-10, 10] (verl's value).
-    """
-    if kind not in KL_PENALTY_KINDS:
-        raise ValueError(f"unknown kl_penalty kind {kind!r}; valid: {', '.join(KL_PENALTY_KINDS)}")
-    m = _as_bool(mask)
-    d = torch.where(m, logprobs - ref_logprobs, _zero(logprobs))
-    if kind == "k1":
-        out = d
-    elif kind == "abs":
-        out = d.abs()
-    elif kind == "k2":
-        out = 0.5 * d.square()
-    else:
-        dc = d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        out = torch.expm1(-dc) + dc
-        if kind == "low_var_kl":
-            out = out.clamp(-10.0, 10.0)
-    return torch.where(m, out, _zero(out))
+    def rows(mc: Tensor, sc: Tensor, tc: Tensor) -> Tensor:
+        ls, lt = _log_probs(sc, mc, temperature), _log_probs(tc, mc, temperature)
+        a, b = (ls, lt) if student_first else (lt, ls)
+        kl = (a.exp() * (a - b)).sum(-1)
+        return torch.where(mc, kl, _zero(kl))
+
+    return _run_rows(rows, m, [s, t], chunk_size).reshape(lead)
 
 
-# ----------------------------------------------------------------------------- divergences
 def reverse_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -314,15 +302,7 @@ def reverse_kl(
 
     Both softmaxes at ``temperature`` (no T^2 rescaling). Teacher is detached. 0 where masked.
     """
-    _check_temperature(temperature)
-    s, t, m, lead = _pair_rows(student_logits, teacher_logits, mask)
-
-    def rows(mc: Tensor, sc: Tensor, tc: Tensor) -> Tensor:
-        ls, lt = _log_probs(sc, mc, temperature), _log_probs(tc, mc, temperature)
-        kl = (ls.exp() * (ls - lt)).sum(-1)
-        return torch.where(mc, kl, _zero(kl))
-
-    return _run_rows(rows, m, [s, t], chunk_size).reshape(lead)
+    return _full_kl(student_logits, teacher_logits, mask, temperature, chunk_size, student_first=True)
 
 
 def forward_kl(
@@ -336,15 +316,7 @@ def forward_kl(
 
     Teacher detached; 0 where masked.
     """
-    _check_temperature(temperature)
-    s, t, m, lead = _pair_rows(student_logits, teacher_logits, mask)
-
-    def rows(mc: Tensor, sc: Tensor, tc: Tensor) -> Tensor:
-        ls, lt = _log_probs(sc, mc, temperature), _log_probs(tc, mc, temperature)
-        kl = (lt.exp() * (lt - ls)).sum(-1)
-        return torch.where(mc, kl, _zero(kl))
-
-    return _run_rows(rows, m, [s, t], chunk_size).reshape(lead)
+    return _full_kl(student_logits, teacher_logits, mask, temperature, chunk_size, student_first=False)
 
 
 def forward_kl_topk(

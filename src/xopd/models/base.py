@@ -119,7 +119,7 @@ def left_pad(seqs: Sequence[torch.Tensor]) -> PromptBatch:
 
 
 @lru_cache(maxsize=64)
-def _cache_kwarg(forward_cls: type) -> str:
+def cache_kwarg(forward_cls: type) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``: use whichever the class takes."""
     params = inspect.signature(forward_cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -150,7 +150,7 @@ def causal_lm_forward(
         use_cache=use_cache,
     )
     if cache is not None:
-        kwargs[_cache_kwarg(type(lm))] = cache
+        kwargs[cache_kwarg(type(lm))] = cache
     if logits_to_keep:
         kwargs["logits_to_keep"] = logits_to_keep
     out = lm(**kwargs)
@@ -168,6 +168,15 @@ class PolicyModel(nn.Module, ABC):
     """
 
     tokenizer: object  # a transformers tokenizer
+    #: the CTC front end of a ``SpeechLLM`` that has one (models/adapter.py), else None. Declared, not
+    #: defaulted, here: a class-level None would shadow the submodule nn.Module registers on assignment,
+    #: so every concrete model sets it (``SpeechLLM`` in ``__init__``, the others as a class attribute).
+    adapter: nn.Module | None
+    #: scoring may run each prompt once for its n responses: the LM returns a KV cache that gradients
+    #: flow through (generation/logits.py); a model that cannot sets this False and prompts are repeated
+    shared_prompt_ok: bool = True
+    #: sampling may preallocate a ``transformers.StaticCache`` (generation/kv_cache.py)
+    static_cache_ok: bool = True
 
     # -- must implement -------------------------------------------------------------------------
     @abstractmethod
@@ -181,6 +190,34 @@ class PolicyModel(nn.Module, ABC):
     @abstractmethod
     def save_pretrained(self, path: str) -> None:
         """Write a directory that the matching loader reads back exactly."""
+
+    # -- override where the model has the part ---------------------------------------------------
+    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False,
+               adapter: bool = True) -> PolicyModel:
+        """Set which parts train; ``True`` = frozen (paper default: only the LLM backbone trains).
+
+        A text model has only its LM; speech models freeze their audio tower, projector and (where
+        they have one) CTC adapter as told."""
+        self.causal_lm().requires_grad_(not lm)
+        return self
+
+    def audio_window_seconds(self) -> float | None:
+        """Longest clip one prompt may carry (the audio tower's window), or None if unbounded/unknown."""
+        return None
+
+    def enable_encoder_cache(self, max_items: int = 50_000, shared: bool = True,
+                             dtype: str | torch.dtype | None = None) -> PolicyModel:
+        """Memoise a frozen audio tower's outputs by clip content (``SpeechLLM``); a no-op for models
+        without such a tower or whose tower cannot be split off (text LMs, the HF adapters)."""
+        return self
+
+    def load_encoder_cache(self, path: str) -> int:
+        """Add the clips of a saved encoder cache; returns how many (0: this model keeps no cache)."""
+        return 0
+
+    def save_encoder_cache(self, path: str) -> int:
+        """Write the encoder cache to ``path``; models without one raise."""
+        raise ModelError(f"{type(self).__name__} keeps no encoder cache to save")
 
     # -- shared ---------------------------------------------------------------------------------
     @property

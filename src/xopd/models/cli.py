@@ -59,7 +59,7 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     if args.models_command == "real-cpu":
         from xopd.config import load_config, overrides_from_namespace
-        from xopd.models.real_cpu import RealCpuConfig, run_real_cpu
+        from xopd.recipes.real_cpu import RealCpuConfig, run_real_cpu
 
         cfg = load_config(RealCpuConfig, args.config, overrides_from_namespace(args, RealCpuConfig))
         summary = run_real_cpu(cfg)
@@ -75,7 +75,7 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
     from xopd.config import add_help_for
     from xopd.models.prepare import WHAT
-    from xopd.models.real_cpu import RealCpuConfig
+    from xopd.recipes.real_cpu import RealCpuConfig
 
     p = sub.add_parser(
         "models",

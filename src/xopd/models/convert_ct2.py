@@ -15,6 +15,9 @@ CT2 ``model.bin`` layout (little endian, see ``ctranslate2/specs/model_spec.py::
         v<4 : u8 item_size, u32 n_items  (4 f32, 2 i16, 1 i8)
         raw bytes
     [v>=3] u32 n_aliases, then (str alias, str target) pairs
+
+Why one module over 400 lines: the binary reader, the name mapping and the tokenizer/config
+writers are one format's converter, each useless alone; splitting it would scatter the layout above.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ def _base(model: nn.Module) -> nn.Module:
 class Qwen2AudioStudent(PolicyModel):
     """Qwen2-Audio (or a tiny random config of it) behind the same interface as :class:`SpeechLLM`."""
 
+    adapter = None  # no CTC front end
+
     #: The user-turn prefix Qwen2-Audio's chat template renders for one audio item.
     audio_prompt = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
 
@@ -186,7 +188,12 @@ class Qwen2AudioStudent(PolicyModel):
         return left_pad(rows)
 
     # -- training helpers ---------------------------------------------------------------------------
-    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False) -> Qwen2AudioStudent:
+    def audio_window_seconds(self) -> float | None:
+        fe = self.processor.feature_extractor  # every clip is padded to the processor's 30 s window
+        return fe.n_samples / fe.sampling_rate
+
+    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False,
+               adapter: bool = True) -> Qwen2AudioStudent:
         """Set which parts train (paper default: only the LLM backbone). ``True`` = frozen."""
         base = _base(self.model)
         base.audio_tower.requires_grad_(not encoder)

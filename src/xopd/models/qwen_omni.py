@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from xopd.errors import ModelError
-from xopd.models.base import PolicyModel, Prompt, PromptBatch, _cache_kwarg, left_pad, render_chat_ids
+from xopd.models.base import PolicyModel, Prompt, PromptBatch, cache_kwarg, left_pad, render_chat_ids
 
 #: config model_type -> transformers thinker class name (full-model checkpoints load their thinker).
 THINKER_CLASSES = {
@@ -74,7 +74,7 @@ class ThinkerCausalLM(nn.Module):
         **kwargs,
     ):
         """``[B, T, D]`` embeddings -> ``logits [B, T or logits_to_keep, V]`` and the KV cache."""
-        extra = {_cache_kwarg(type(self.body)): cache} if cache is not None else {}
+        extra = {cache_kwarg(type(self.body)): cache} if cache is not None else {}
         out = self.body(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -93,6 +93,8 @@ class ThinkerCausalLM(nn.Module):
 
 class OmniThinkerStudent(PolicyModel):
     """A Qwen2.5-Omni or Qwen3-Omni thinker (or a tiny random config of one) as a student."""
+
+    adapter = None  # no CTC front end
 
     #: The rollout's static-cache fast path builds 4-D masks for plain causal LMs; M-RoPE models use
     #: the dynamic cache, which every transformers text model supports.
@@ -201,7 +203,8 @@ class OmniThinkerStudent(PolicyModel):
         return left_pad(rows)
 
     # -- training helpers ---------------------------------------------------------------------------
-    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False) -> OmniThinkerStudent:
+    def freeze(self, encoder: bool = True, projector: bool = True, lm: bool = False,
+               adapter: bool = True) -> OmniThinkerStudent:
         """Which parts train. The tower's output projection into the LLM width (``proj`` in Qwen2.5-Omni,
         ``proj1``/``proj2`` in Qwen3-Omni) counts as the projector."""
         base = self.model.model

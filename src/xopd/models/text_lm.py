@@ -20,6 +20,8 @@ from xopd.models.base import PolicyModel, Prompt, PromptBatch, left_pad
 class TextLM(PolicyModel):
     """Wraps ``AutoModelForCausalLM`` + ``AutoTokenizer``; prompts must be text (view T)."""
 
+    adapter = None  # no CTC front end
+
     def __init__(self, lm: nn.Module, tokenizer) -> None:
         super().__init__()
         self.lm = lm

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xopd.utils.hf import quiet_hf
+
 SPECIAL_TOKENS = ["<|pad|>", "<|eos|>", "<|audio|>", "<|user|>", "<|assistant|>", "<|system|>"]
 PAD, EOS, AUDIO = SPECIAL_TOKENS[:3]
 
@@ -37,17 +39,6 @@ DEFAULT_WORDS = (
     "red green blue yellow black white cat dog bird fish tree house car book sun moon "
     "apple banana orange water food big small hot cold new old good bad up down left right"
 ).split()
-
-
-def _silence_hf() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    except Exception:  # pragma: no cover - logging only
-        pass
 
 
 def build_tiny_tokenizer(
@@ -93,7 +84,7 @@ def build_tiny_teacher(out_dir: str | os.PathLike, tokenizer, d: int = 64, layer
     """A random ``LlamaForCausalLM`` (d x layers) saved with ``tokenizer`` and eos/pad generation config."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    _silence_hf()
+    quiet_hf(offline=False)
     torch.manual_seed(seed)
     heads = max(1, d // 16)
     cfg = LlamaConfig(
@@ -160,7 +151,7 @@ def build_tiny_student(
     from xopd.models.encoder import AudioEncoder
     from xopd.models.speech_llm import SpeechLLM
 
-    _silence_hf()
+    quiet_hf(offline=False)
     torch.manual_seed(seed)
     enc = AudioEncoder.from_config(tiny_whisper_config(d_enc, enc_layers, n_mels))
     model = SpeechLLM.compose(enc, teacher_dir, stack=stack, seed=seed, adapter=adapter)
@@ -251,7 +242,7 @@ def build_tiny_qwen2_audio(
 
     from xopd.models.qwen2_audio import Qwen2AudioStudent
 
-    _silence_hf()
+    quiet_hf(offline=False)
     tok = tokenizer if tokenizer is not None else build_tiny_tokenizer()
     missing = [t for t in QWEN2_AUDIO_TOKENS if t not in tok.get_vocab()]
     if missing:

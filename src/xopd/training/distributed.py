@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xopd.errors import ConfigError
+from xopd.utils.fsdp import is_dtensor
 
 KINDS = ("none", "ddp", "fsdp2")
 
@@ -142,44 +143,7 @@ def wrap_student(student: nn.Module, ctx: DistContext) -> list[nn.Parameter]:
     for layer in _decoder_layers(lm):
         fully_shard(layer, mesh=mesh)
     fully_shard(lm, mesh=mesh, ignored_params=ignored)
-    return [p for p in student.parameters() if p.requires_grad and not _is_dtensor(p)]
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
-
-
-def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
-    from torch.distributed.fsdp import FSDPModule
-
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
-
-
-@contextlib.contextmanager
-def full_params(model: nn.Module) -> Iterator[None]:
-    """Keep every FSDP2-sharded module of ``model`` unsharded inside the block (no-op otherwise).
-
-    One all-gather per module on entry, none inside: a rollout's many forwards then run
-    collective-free (ranks may take different numbers of decode steps), at the memory cost of the
-    full LM for the duration of the rollout.
-    """
-    mods = _fsdp_modules(model) if dist.is_initialized() else []
-    if not mods or getattr(model, "_xopd_unsharded", False):  # nothing sharded, or an outer block holds it
-        yield
-        return
-    for m in mods:
-        m.set_reshard_after_forward(False, recurse=False)
-        m.unshard()
-    model._xopd_unsharded = True
-    try:
-        yield
-    finally:
-        model._xopd_unsharded = False
-        for m in mods:
-            m.reshard()
-            m.set_reshard_after_forward(True, recurse=False)
+    return [p for p in student.parameters() if p.requires_grad and not is_dtensor(p)]
 
 
 def sync_grads(params: Sequence[nn.Parameter], ctx: DistContext) -> None:
@@ -209,12 +173,12 @@ def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float, ctx: DistCon
     runs are bit-identical to before); otherwise shard norms are summed across ranks.
     """
     grads = [p.grad for p in params if p.grad is not None]
-    if ctx.kind != "fsdp2" or not any(_is_dtensor(g) for g in grads):
+    if ctx.kind != "fsdp2" or not any(is_dtensor(g) for g in grads):
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     local = torch.zeros((), dtype=torch.float64, device=ctx.device)
     rep = torch.zeros((), dtype=torch.float64, device=ctx.device)
     for g in grads:
-        if _is_dtensor(g):
+        if is_dtensor(g):
             local += g.to_local().double().pow(2).sum()
         else:
             rep += g.double().pow(2).sum()
@@ -223,7 +187,7 @@ def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float, ctx: DistCon
     if max_norm != float("inf"):
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
         for g in grads:
-            (g.to_local() if _is_dtensor(g) else g).mul_(coef)
+            (g.to_local() if is_dtensor(g) else g).mul_(coef)
     return total
 
 

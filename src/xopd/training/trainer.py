@@ -24,10 +24,9 @@ from typing import Any
 import torch
 
 from xopd.algos import get_algorithm
-from xopd.algos.rollout import StepGenerator, derive_seed
 from xopd.data.manifest import Example, read_manifest
 from xopd.errors import ConfigError, XopdError
-from xopd.eval.kl import measure_reverse_kl
+from xopd.generation import StepGenerator, derive_seed
 from xopd.models import check_tokenizer_alignment, load_student, load_teacher
 from xopd.models.base import PolicyModel
 from xopd.training.checkpoint import latest_checkpoint
@@ -35,7 +34,6 @@ from xopd.training.config import TrainConfig
 from xopd.training.distributed import (
     NullLogger,
     clip_grad_norm,
-    full_params,
     init_distributed,
     load_training_checkpoint,
     reduce_step_metrics,
@@ -43,14 +41,16 @@ from xopd.training.distributed import (
     sync_grads,
     wrap_student,
 )
+from xopd.training.kl import measure_reverse_kl
 from xopd.training.logging import MetricsLogger
 from xopd.training.memory import (
     apply_lora,
     autocast_context,
     enable_gradient_checkpointing,
     mark_checkpointed_layers,
-    trim_heap,
 )
+from xopd.utils.fsdp import full_params
+from xopd.utils.heap import trim_heap
 
 
 class DataOrder:
@@ -87,16 +87,11 @@ def resolve_device(name: str) -> torch.device:
 def configure_trainable(student: PolicyModel, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     """Freeze everything, then unfreeze what the config trains (paper: the LLM backbone only)."""
     student.requires_grad_(False)
-    if cfg.train_adapter and getattr(student, "adapter", None) is None:
+    if cfg.train_adapter and student.adapter is None:
         raise ConfigError("config: train_adapter is set but the student has no CTC adapter (compose one with "
                           "`xopd models compose --adapter ctc`)")
-    if hasattr(student, "freeze"):
-        # only a student with a CTC adapter takes (and has) the adapter switch
-        extra = {"adapter": not cfg.train_adapter} if getattr(student, "adapter", None) is not None else {}
-        student.freeze(encoder=not cfg.train_encoder, projector=not cfg.train_projector, lm=not cfg.train_lm,
-                       **extra)
-    elif cfg.train_lm:
-        student.causal_lm().requires_grad_(True)
+    student.freeze(encoder=not cfg.train_encoder, projector=not cfg.train_projector, lm=not cfg.train_lm,
+                   adapter=not cfg.train_adapter)
     if cfg.lora_r > 0 and cfg.train_lm:  # LoRA: only the adapters of the LM train, the base stays frozen
         for name, p in student.causal_lm().named_parameters():
             p.requires_grad_("lora_" in name)
@@ -223,7 +218,11 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, replay: list[
         teacher = load_teacher(cfg.teacher_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code).to(device)
         report = check_tokenizer_alignment(student.tokenizer, teacher.tokenizer, student.vocab_size, teacher.vocab_size)
         vocab_limit = report.shared_vocab_size
-    if cfg.cache_encoder and not cfg.train_encoder and hasattr(student, "enable_encoder_cache"):
+    if not cfg.shared_prompt:  # the per-sample prompt path (benchmarks compare it with the shared one)
+        for m in (student, teacher):
+            if m is not None:
+                m.shared_prompt_ok = False
+    if cfg.cache_encoder and not cfg.train_encoder:
         student.enable_encoder_cache(dtype=None if cfg.cache_encoder_dtype == "auto" else cfg.cache_encoder_dtype)
         if cfg.encoder_cache_file and Path(cfg.encoder_cache_file).is_file():
             student.load_encoder_cache(cfg.encoder_cache_file)
@@ -337,7 +336,8 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, replay: list[
                 print(f"[xopd] step {step + 1}: non-finite loss/grad, update skipped ({nonfinite_run} in a row)",
                       file=sys.stderr)
             scheduler.step()
-            trim_heap()  # hand freed activations back to the OS (RSS tracks live tensors)
+            if cfg.trim_heap_every and step % cfg.trim_heap_every == 0:
+                trim_heap()  # hand freed activations back to the OS (RSS tracks live tensors)
             step += 1
             dt = time.perf_counter() - t0
             metrics = {"loss": loss_total, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),

@@ -1,6 +1,6 @@
 """The mini world: seeded speech/text tasks with verifiable answers (see :mod:`xopd.world.tasks`)."""
 
-from xopd.world.scoring import extract_answer, normalize_answer, normalize_text, score_item, wer
+from xopd.metrics import extract_answer, normalize_answer, normalize_text, score_item, wer
 from xopd.world.tasks import (
     SPLITS,
     TASKS,

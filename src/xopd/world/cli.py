@@ -15,7 +15,8 @@ DEMO_EPILOG = """examples:
 
 def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
     from xopd.config import build, overrides_from_namespace, parse_overrides
-    from xopd.world.pipeline import DemoConfig, run_demo
+    from xopd.world.config import DemoConfig
+    from xopd.world.pipeline import run_demo
 
     values = {**overrides_from_namespace(args, DemoConfig), **parse_overrides(rest)}
     cfg = build(DemoConfig, values, source="command line")
@@ -42,7 +43,7 @@ def cmd_reproduce(args: argparse.Namespace, rest: list[str]) -> int:
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
     from xopd.config import add_help_for
-    from xopd.world.pipeline import DemoConfig
+    from xopd.world.config import DemoConfig
     from xopd.world.reproduce import ReproduceConfig
 
     p = sub.add_parser("reproduce", help="baselines vs X-OPD from one stage-1 student (paper Tables 1-3)",

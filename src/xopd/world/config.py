@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from xopd.algos.configs import LOSSES as LOSS_CHOICES
 from xopd.config import field
 from xopd.errors import ConfigError
-from xopd.training.config import LOSSES as LOSS_CHOICES
 
 #: The teacher's instruct kinds, re-weighted (rejection sampling) so the slow-to-learn ones are seen more
 #: often: measured (6000 steps, seeds 0 and 1) reverse 22 % -> 100 % and compare 91-97 % -> 97-100 %.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from xopd.data.manifest import Example
 from xopd.data.tts import EspeakEngine, SynthJob, synthesize_many
-from xopd.training.checkpoint import atomic_write_text
+from xopd.utils.io import atomic_write_text
 from xopd.world.tasks import WorldItem, make_split
 
 
@@ -129,7 +129,7 @@ def prompt_asr_rows(examples: list[Example]) -> list[Example]:
     transcript as the target. Speech LLMs learn to hear from ASR on all the speech they have; here
     that includes the spoken questions, so stage 1 hears numbers up to 50 and every template word
     (the ASR sentences alone cover neither). Only the speech is used, never an answer."""
-    from xopd.world.scoring import normalize_text
+    from xopd.metrics import normalize_text
     from xopd.world.tasks import ASR_INSTRUCTION
 
     out = []

@@ -14,16 +14,17 @@ from pathlib import Path
 
 from xopd.data.manifest import Example
 from xopd.eval.generation import avg_drop, generate, score_responses
+from xopd.metrics import normalize_text, wer
 from xopd.models import load_student, load_teacher
-from xopd.world.scoring import normalize_text, wer
+from xopd.world.tasks import BENCHES
 
-BENCHES = ("reasoning", "instruct")
 EVAL_SPLITS = ("test", "heldout", "unseen_template")
 
 
-def _score(
+def score_view(
     model, examples: Sequence[Example], view: str, max_new_tokens: int, batch_size: int, desc: str
 ) -> dict[str, float]:
+    """Greedy answers of ``model`` on ``view`` of ``examples``, scored per task (accuracy or WER)."""
     if not examples:
         return {}
     resp = generate(model, examples, view, max_new_tokens, batch_size, progress=True, desc=desc)
@@ -41,8 +42,8 @@ def evaluate_student(
     """S/T per benchmark, Avg. Drop vs the teacher, audio-only accuracy and ASR WER for one split."""
     bench = [e for e in split_examples if e.task in BENCHES]
     audio = [e for e in split_examples if e.task in ("audio_only", "asr")]
-    s = _score(model, bench + audio, "S", max_new_tokens, batch_size, f"{name} S")
-    t = _score(model, bench, "T", max_new_tokens, batch_size, f"{name} T")
+    s = score_view(model, bench + audio, "S", max_new_tokens, batch_size, f"{name} S")
+    t = score_view(model, bench, "T", max_new_tokens, batch_size, f"{name} T")
     out: dict = {
         b: {"S": s.get(b, 0.0), "T": t.get(b, 0.0)} for b in BENCHES if any(e.task == b for e in bench)
     }
@@ -97,8 +98,8 @@ def cascade_scores(teacher, examples: Sequence[Example], heard: Sequence[str], m
         return {}
     fe = [replace(e, text=h or "?") for e, h in bench]
     ref = [replace(e, text=normalize_text(e.text) or "?") for e, _ in bench]
-    s_fe = _score(teacher, fe, "T", max_new_tokens, batch_size, f"{desc} front end")
-    s_ref = _score(teacher, ref, "T", max_new_tokens, batch_size, f"{desc} reference")
+    s_fe = score_view(teacher, fe, "T", max_new_tokens, batch_size, f"{desc} front end")
+    s_ref = score_view(teacher, ref, "T", max_new_tokens, batch_size, f"{desc} reference")
     return {b: {"front_end": s_fe[b], "reference": s_ref[b]} for b in BENCHES if b in s_fe}
 
 
@@ -118,7 +119,7 @@ def evaluate_world(
     teacher_by_split = {}
     for sp in EVAL_SPLITS:
         bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
-        sc = _score(teacher, bench, "T", max_new_tokens, batch_size, f"teacher {sp}")
+        sc = score_view(teacher, bench, "T", max_new_tokens, batch_size, f"teacher {sp}")
         teacher_by_split[sp] = {b: {"T": sc[b]} for b in BENCHES if b in sc}
     models: dict = {}
     hearing: dict = {}
@@ -126,11 +127,10 @@ def evaluate_world(
     for name, path in students.items():
         model = load_student(path).eval()
         model.requires_grad_(False)  # evaluation only: no autograd graphs, and a frozen tower's cache applies
-        if hasattr(model, "enable_encoder_cache"):
-            model.enable_encoder_cache(dtype=cache_dtype)
-            if cache_file:
-                model.load_encoder_cache(cache_file)
-        if not hearing and getattr(model, "adapter", None) is not None:
+        model.enable_encoder_cache(dtype=cache_dtype)
+        if cache_file:
+            model.load_encoder_cache(cache_file)
+        if not hearing and model.adapter is not None:
             for sp in EVAL_SPLITS:
                 bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
                 if bench:

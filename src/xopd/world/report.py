@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from xopd.training.checkpoint import atomic_write_text
 from xopd.training.logging import read_metrics
+from xopd.utils.io import atomic_write_text
+from xopd.world.tasks import BENCHES
 
-BENCHES = ("reasoning", "instruct")
 # The paper's Table 1 (Qwen3-Omni-30B-A3B on BIG Bench Audio), quoted for orientation.
 PAPER_TABLE1 = {
     "text LLM (Qwen3-A3B), T": 97.72,
@@ -172,19 +172,29 @@ def _ms(d: dict | None, scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * d['mean']:.{digits}f} ± {scale * d['std']:.{digits}f}"
 
 
+def _paired(d: dict | None) -> str:
+    if not d:
+        return "—"
+    sep = "∞" if d["sep"] == float("inf") else f"{d['sep']:.1f}"
+    return f"{d['mean']:+.2f} ± {d['std']:.2f} ({sep} sd)"
+
+
 def reproduce_tables(report: dict, split: str) -> str:
     rows = report["rows"]
+    paired = report.get("paired_vs_xopd_l05") or {}
     teacher = report["teacher"].get(split, {})
-    head = ["row"] + [f"{b} {v}" for b in BENCHES for v in ("S", "T")] + ["dS %", "dT %", "paper dS/dT %"]
+    head = (["row"] + [f"{b} {v}" for b in BENCHES for v in ("S", "T")]
+            + ["dS %", "dT %", "dS - xopd_l05 (seed-paired)", "paper dS/dT %"])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out.append("| teacher (text) | " + " | ".join(f"— | {_pct(teacher.get(b, {}).get('T'))}" for b in BENCHES)
-               + " | — | — | — |")
+               + " | — | — | — | — |")
     for name, r in rows.items():
         r = r.get(split, {})
         cells = [f"{_ms(r.get(b, {}).get('S'), 100)} | {_ms(r.get(b, {}).get('T'), 100)}" for b in BENCHES]
         ptxt = PAPER_AVG_DROP.get(name, "—")
+        pd = paired.get(name, {}).get(split, {}).get("avg_drop_S")
         out.append(f"| {name} | " + " | ".join(cells) + f" | {_ms(r.get('avg_drop_S'), 1, 2)} | "
-                   f"{_ms(r.get('avg_drop_T'), 1, 2)} | {ptxt} |")
+                   f"{_ms(r.get('avg_drop_T'), 1, 2)} | {_paired(pd)} | {ptxt} |")
     return "\n".join(out)
 
 

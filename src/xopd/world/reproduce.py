@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -18,25 +19,26 @@ from pathlib import Path
 
 from xopd.config import field
 from xopd.training.logging import read_metrics
+from xopd.world.config import DemoConfig
 from xopd.world.data import by_task
-from xopd.world.pipeline import (
-    BENCHES,
+from xopd.world.stages import (
     CACHE_DTYPE,
     REHEARSAL_TASKS,
-    DemoConfig,
     StageCache,
-    _final_model,
-    _hash,
-    _log,
-    _train_cfg,
+    final_model,
+    log,
     prepare_world,
+    stage_hash,
+    train_cfg,
 )
+from xopd.world.tasks import BENCHES
 
-ROWS = ("student_base", "sft", "offline_kd", "gkd", "grpo", "xopd_l0", "xopd_l05", "xopd_l1")
+ROWS = ("student_base", "sft", "sft_teacher_style", "offline_kd", "gkd", "grpo", "xopd_l0", "xopd_l05", "xopd_l1")
 
 # Algorithm settings per row; every row shares steps, prompts per step and the data.
 ROW_SETTINGS: dict[str, dict] = {
     "sft": {"algo": "sft", "sft_view": "S"},
+    "sft_teacher_style": {"algo": "sft", "sft_view": "S"},
     "offline_kd": {"algo": "offline_kd", "sft_view": "S"},
     "gkd": {"algo": "gkd", "gkd_lambda": 0.5, "gkd_beta": 0.0},
     "grpo": {"algo": "grpo"},
@@ -44,6 +46,26 @@ ROW_SETTINGS: dict[str, dict] = {
     "xopd_l05": {"algo": "xopd", "lam": 0.5},
     "xopd_l1": {"algo": "xopd", "lam": 1.0},
 }
+
+
+#: rows trained on the references in their own style (the paper's SFT/GKD data are public datasets'
+#: responses, not the teacher's); ``sft_teacher_style`` keeps the teacher's own wording for comparison
+OWN_STYLE_ROWS = ("sft", "gkd")
+_STEP = re.compile(r"(\d+) (plus|minus) (\d+) is (\d+)\.")
+
+
+def own_style(reference: str) -> str:
+    """The same answer in another wording of the steps than the teacher's: ``"12 plus 5 is 17. The answer
+    is 17."`` -> ``"Start with 12. Adding 5 gives 17. So 17. The answer is 17."``. Bare answers (instruct)
+    have no steps and stay as they are; the closing ``The answer is N.`` stays, so scoring is unchanged."""
+    steps = _STEP.findall(reference)
+    if not steps:
+        return reference
+    out = [f"Start with {steps[0][0]}."]
+    for _, op, k, new in steps:
+        out.append(f"{'Adding' if op == 'plus' else 'Taking away'} {k} gives {new}.")
+    tail = reference[reference.rfind("The answer is"):] if "The answer is" in reference else ""
+    return " ".join(out + [f"So {steps[-1][3]}.", tail]).strip()
 
 
 @dataclass
@@ -90,6 +112,33 @@ def aggregate_runs(per_seed: list[dict]) -> dict:
     return out
 
 
+def paired_differences(per_row: dict[str, list[dict]], ref: str = "xopd_l05",
+                       keys: tuple[str, ...] = ("avg_drop_S", "avg_drop_T")) -> dict:
+    """Seed-paired difference of every row against ``ref``: for seed i, ``row_i - ref_i`` (the same data,
+    stage-1 student and seed, so the seed's luck cancels), then mean and sample std over seeds, and
+    ``sep`` = mean / std (how many standard deviations apart; inf when every seed agrees exactly).
+    ``{row: {split: {key: {"mean", "std", "n", "sep"}}}}``; rows with another number of seeds
+    (student_base, evaluated once) are paired with every seed of ``ref``."""
+    if ref not in per_row:
+        return {}
+    out: dict = {}
+    for row, runs in per_row.items():
+        if row == ref:
+            continue
+        ref_runs = per_row[ref]
+        pairs = list(zip(runs, ref_runs)) if len(runs) == len(ref_runs) else [(runs[0], r) for r in ref_runs]
+        for split in ("test", "heldout"):
+            for key in keys:
+                d = [a[split][key] - b[split][key] for a, b in pairs
+                     if split in a and split in b and a[split].get(key) is not None and b[split].get(key) is not None]
+                if not d:
+                    continue
+                ms = _mean_std(d)
+                sep = abs(ms["mean"]) / ms["std"] if ms["std"] > 0 else (math.inf if ms["mean"] else 0.0)
+                out.setdefault(row, {}).setdefault(split, {})[key] = {**ms, "n": len(d), "sep": sep}
+    return out
+
+
 def run_reproduce(cfg: ReproduceConfig) -> dict:
     from xopd.world.evaluate import evaluate_student, evaluate_world
     from xopd.world.report import write_reproduce_report
@@ -118,30 +167,32 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         raise ConfigError(f"reproduce: unknown row(s) {sorted(unknown)}; choose from {list(ROW_SETTINGS)}")
 
     from xopd.models import load_teacher
-    from xopd.world.evaluate import _score
+    from xopd.world.evaluate import score_view
 
     teacher = load_teacher(world.teacher_dir)
-    dev_teacher = _score(teacher, dev, "T", cfg.max_new_tokens, cfg.eval_batch, "teacher dev")
+    dev_teacher = score_view(teacher, dev, "T", cfg.max_new_tokens, cfg.eval_batch, "teacher dev")
     del teacher
 
     def train_row(row: str, seed: int, lr: float) -> tuple[Path, dict]:
         run_dir = out / "runs" / f"{row}-lr{lr:g}-s{seed}"
-        key = _hash({"row": row, "seed": seed, "lr": lr, "steps": cfg.steps, "batch": cfg.batch,
+        key = stage_hash({"row": row, "seed": seed, "lr": lr, "steps": cfg.steps, "batch": cfg.batch,
                      "s1": world.s1_key, "n": cfg.xopd_n, "mnt": cfg.max_new_tokens,
-                     "replay": cfg.xopd_replay})
-        model = _final_model(run_dir, cfg.steps)
+                     "replay": cfg.xopd_replay, "refs": "own" if row in OWN_STYLE_ROWS else "teacher"})
+        model = final_model(run_dir, cfg.steps)
         if not cache.done(str(run_dir.relative_to(out)), key):
             shutil.rmtree(run_dir, ignore_errors=True)
             from xopd.training.trainer import train as run_train
 
             settings = dict(ROW_SETTINGS[row])
-            tcfg = _train_cfg(run_dir, student_path=str(world.student1), teacher_path=str(world.teacher_dir),
+            tcfg = train_cfg(run_dir, student_path=str(world.student1), teacher_path=str(world.teacher_dir),
                               n_samples=cfg.xopd_n, batch_size=cfg.batch, micro_batch_size=cfg.batch,
                               max_steps=cfg.steps, lr=lr, max_new_tokens=cfg.max_new_tokens, seed=seed,
                               threads=cfg.threads, kd_cache=str(out / "kd_cache.jsonl"),
                               replay_batch=cfg.xopd_replay, **settings)
-            _log(f"reproduce: {row} seed {seed} lr {lr:g}")
-            run_train(tcfg, examples=train, replay=replay)  # xopd_replay rows per step; 0 = the paper's setting
+            log(f"reproduce: {row} seed {seed} lr {lr:g}")
+            rows_data = [replace(e, reference=own_style(e.reference)) for e in train] if row in OWN_STYLE_ROWS \
+                else train
+            run_train(tcfg, examples=rows_data, replay=replay)  # xopd_replay rows per step; 0 = the paper's setting
             cache.mark(str(run_dir.relative_to(out)), key, {"model": str(model)})
         rows_m = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
         cost = {"seconds": sum(r.get("step_seconds", 0.0) for r in rows_m),
@@ -152,8 +203,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         from xopd.models import load_student
 
         m = load_student(model_dir)
-        if hasattr(m, "enable_encoder_cache"):
-            m.enable_encoder_cache(dtype=CACHE_DTYPE)
+        m.enable_encoder_cache(dtype=CACHE_DTYPE)
         r = evaluate_student(m, dev, dev_teacher, cfg.max_new_tokens, cfg.eval_batch, "dev")
         return r["avg_drop_S"]
 
@@ -187,6 +237,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
             costs.setdefault(row, []).append(cost)
     report = {
         "rows": {row: aggregate_runs(v) for row, v in per_row.items()},
+        "paired_vs_xopd_l05": paired_differences(per_row),
         "seeds": seeds,
         "teacher": base_eval["teacher_by_split"],
         "lr_sweep": sweep,

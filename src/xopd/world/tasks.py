@@ -34,7 +34,7 @@ from string import ascii_lowercase
 
 from xopd.data.tts import Voice
 from xopd.errors import DataError
-from xopd.world.scoring import normalize_answer, normalize_text
+from xopd.metrics import normalize_answer, normalize_text
 
 __all__ = [
     "HELDOUT_SNRS", "HELDOUT_VARIANTS", "MAX_NUMBER", "SPLITS", "TASKS", "TRAIN_SNRS", "TRAIN_VARIANTS",
@@ -43,6 +43,8 @@ __all__ = [
 ]  # fmt: skip
 
 TASKS = ("reasoning", "instruct", "audio_only", "asr")
+#: the two benchmarks of the S/T table (the others probe forgetting)
+BENCHES = ("reasoning", "instruct")
 SPLITS = ("train", "test", "heldout", "unseen_template")
 MAX_NUMBER = 50
 

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -41,9 +40,10 @@ from tqdm.auto import tqdm
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError
 from xopd.losses import sft_cross_entropy
+from xopd.metrics import normalize_text, score_item
 from xopd.models.base import render_chat_ids
 from xopd.models.text_lm import TextLM, load_teacher
-from xopd.world.scoring import normalize_text, score_item
+from xopd.utils.io import atomic_dir
 from xopd.world.tasks import generate_items
 from xopd.world.tokenizer import build_world_tokenizer
 
@@ -179,17 +179,10 @@ def _lr_factor(frac: float, step: int, warmup: int, min_ratio: float = 0.05) -> 
 
 
 def _save_atomic(out_dir: Path, lm, tok, marker: dict) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps(marker, indent=1))  # last: its presence means complete
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out_dir) as tmp:
+        lm.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))  # last: its presence means complete
 
 
 def _data_fingerprint() -> str:

@@ -8,7 +8,7 @@ comes from a template in :mod:`xopd.world.tasks`), so a word-level vocabulary bu
 no unknown token. Spelled words (``"c a t"``) are single-letter tokens.
 
 Case policy: a lower-case normaliser (``"Tom"`` and ``"tom"`` are one token, halving what the
-model must learn). Scoring is case-insensitive (:func:`~xopd.world.scoring.normalize_answer`,
+model must learn). Scoring is case-insensitive (:func:`~xopd.metrics.normalize_answer`,
 ``normalize_text``), so decoded text scores exactly like the original. Decoding joins words with
 spaces and removes the space before ``. , ? ! : ;`` (``"5 plus 3 is 8. the answer is 8."``).
 """

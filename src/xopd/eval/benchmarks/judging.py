@@ -46,7 +46,7 @@ class LocalJudge:
         max_tokens: int = 256,
     ) -> list[str]:  # fmt: skip
         """One greedy reply to ``messages`` (``n``, ``temperature``, ``top_p`` are ignored: see module doc)."""
-        from xopd.algos.rollout import sample
+        from xopd.generation import sample
         from xopd.models.base import left_pad, render_messages_ids
 
         model = self._load()

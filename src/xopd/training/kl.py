@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import make_prompts
-from xopd.algos.rollout import response_logits, sample
 from xopd.data.manifest import Example
+from xopd.generation import response_logits, sample
 from xopd.losses import aggregate, reverse_kl
 from xopd.models.base import PolicyModel
 

@@ -1,10 +1,9 @@
-"""Sampling responses and scoring them: the two pieces every on-policy algorithm shares.
+"""Sampling responses: what every on-policy algorithm shares with evaluation.
 
-``sample`` decodes n responses per prompt with a KV cache and keeps the sampling policy's per-token
-log-probs (pi_old for the importance ratio). ``response_logprobs`` runs one forward over
-[prompt | response] and returns the log-prob of every response token; it scores the student (with
-grad, S or T view) and the teacher (no grad, always T) with the same code, so both sides see exactly
-the same response token ids.
+``sample`` decodes n responses per prompt with a KV cache (the prompt prefilled once, its cache
+repeated n times) and keeps the sampling policy's per-token log-probs (pi_old for the importance
+ratio). Randomness can come from one seed per prompt (:func:`row_noise`), so results do not depend
+on batching, lanes or ranks. Scoring the responses is :mod:`xopd.generation.logits`.
 """
 
 from __future__ import annotations
@@ -15,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from xopd.algos.fast_decode import fast_decoder
-from xopd.losses import gather_logprobs
+from xopd.generation.fast_decode import fast_decoder
+from xopd.generation.kv_cache import make_static_cache, repeat_cache
 from xopd.models.base import PolicyModel, PromptBatch, position_ids_from_mask
+from xopd.utils.fsdp import full_params
 
 
 @dataclass
@@ -103,32 +103,6 @@ def row_noise(row_seeds: Sequence[int], n: int, steps: int, device: torch.device
     return torch.stack(rows).to(device) if rows else torch.zeros(0, steps, device=device)
 
 
-def _static_cache(model: PolicyModel, batch: int, max_len: int):
-    """A preallocated KV cache (``transformers.StaticCache``), or None where the model cannot take one.
-
-    Why: a dynamic cache ``torch.cat``s every layer's keys/values at every decode step (O(L^2) copying;
-    ~40 % of decode time at the benchmark's S size); the static one writes in place. It also lets us pass
-    ready-made 4-D masks, which skips the per-step mask construction. Only for sdpa/eager attention
-    (flash-attention kernels take 2-D masks) and never under autograd.
-    """
-    lm = model.causal_lm()
-    cfg = getattr(lm, "config", None)
-    impl = getattr(cfg, "_attn_implementation", None)
-    if cfg is None or impl not in ("sdpa", "eager") or not getattr(model, "static_cache_ok", True):
-        return None
-    try:
-        from transformers import StaticCache
-
-        text_cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
-        if getattr(text_cfg, "sliding_window", None) or getattr(text_cfg, "layer_types", None) and any(
-            t != "full_attention" for t in text_cfg.layer_types
-        ):
-            return None
-        return StaticCache(config=cfg, max_cache_len=max_len)
-    except Exception:  # noqa: BLE001 - any model the static cache does not support uses the dynamic one
-        return None
-
-
 SMALL_DECODE_FLOPS = 1e8
 
 
@@ -188,11 +162,9 @@ def sample(
     ``row_seeds`` (one int per prompt): draw each response's randomness from its own prompt's seed
     (see :func:`row_noise`) instead of ``generator``, so results do not depend on how prompts are
     batched or split across ranks. ``static_cache``: preallocate the KV cache (faster, same values);
-    ``fast_decode``: with it, decode Llama-family models with :mod:`xopd.algos.fast_decode`;
+    ``fast_decode``: with it, decode Llama-family models with :mod:`xopd.generation.fast_decode`;
     ``decode_threads``: CPU threads while decoding (0: auto, see :func:`_decode_threads`).
     """
-    from xopd.training.distributed import full_params
-
     args = (n, max_new_tokens, temperature, top_p, top_k, generator, vocab_limit)
     with full_params(model):  # FSDP2: gather the LM once, so decoding runs without collectives
         lanes = _lanes(model, prompts, row_seeds, temperature, decode_threads)
@@ -265,21 +237,6 @@ def _concat_rollouts(parts: list[Rollout], pad: int, prompt_offsets: list[int]) 
     )
 
 
-def _repeat_cache(cache, n: int) -> None:
-    """Repeat every layer's keys/values n times along the batch (rollout order: prompt0 x n, ...)."""
-    if n == 1:
-        return
-    if hasattr(cache, "layers") and all(hasattr(layer, "keys") for layer in cache.layers):
-        for layer in cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = layer.keys.repeat_interleave(n, dim=0)
-                layer.values = layer.values.repeat_interleave(n, dim=0)
-            if hasattr(layer, "max_batch_size"):
-                layer.max_batch_size = layer.keys.shape[0]
-        return
-    cache.batch_repeat_interleave(n)
-
-
 def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, generator, vocab_limit, row_seeds,
             static_cache, fast_decode, decode_threads=0) -> Rollout:
     # The prompts are prefilled ONCE and their KV cache repeated n times: the n samples of a prompt share it.
@@ -288,15 +245,18 @@ def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, genera
     device = prompts.embeds.device
     eos = torch.tensor(model.eos_token_ids, device=device)
     pad = model.pad_token_id
-    attn = prompts.attention_mask.repeat_interleave(n, 0)
-    next_pos = attn.sum(-1, keepdim=True)  # position id of the first response token
     noise = None
     if row_seeds is not None and temperature > 0:
         if len(row_seeds) != b:
             raise ValueError(f"{len(row_seeds)} row seeds for {b} prompts")
         noise = row_noise(row_seeds, n, max_new_tokens, device)
+    rep = n  # how often the prefilled cache is repeated
+    if n > 1 and not model.shared_prompt_ok:  # prefill every sample's own copy (same samples, more FLOPs)
+        prompts, b, rep = prompts.repeat_interleave(n), b * n, 1
+    attn = prompts.attention_mask.repeat_interleave(rep, 0)
+    next_pos = attn.sum(-1, keepdim=True)  # position id of the first response token
     total = width + max_new_tokens
-    cache = _static_cache(model, num, total) if static_cache else None
+    cache = make_static_cache(model, num, total) if static_cache else None
     static = cache is not None
     if static:
         # additive 4-D masks over the preallocated cache: pads and not-yet-written slots get -inf-ish
@@ -308,7 +268,7 @@ def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, genera
                              prompts.attention_mask.new_ones(b, max_new_tokens, dtype=torch.bool)], 1)
         pre = torch.zeros(b, 1, width, total, dtype=dtype, device=device)
         pre.masked_fill_(~(p_valid[:, None, None, :] & causal[None, None]), neg)
-        valid = p_valid.repeat_interleave(n, 0)
+        valid = p_valid.repeat_interleave(rep, 0)
         step_mask = torch.zeros(num, 1, 1, total, dtype=dtype, device=device).masked_fill_(
             ~valid[:, None, None, :], neg)
         step_mask[..., width:] = neg
@@ -318,8 +278,8 @@ def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, genera
     else:
         logits, cache = model.forward_embeds(prompts.embeds, prompts.attention_mask, use_cache=True,
                                              logits_to_keep=1)
-    _repeat_cache(cache, n)
-    logits = logits.repeat_interleave(n, 0)
+    repeat_cache(cache, rep)
+    logits = logits.repeat_interleave(rep, 0)
     dec = None
     if static and fast_decode:
         positions = next_pos + torch.arange(max_new_tokens, device=device)[None, :]
@@ -368,85 +328,3 @@ def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, genera
         prompt_index=torch.arange(num // n, device=device).repeat_interleave(n),
         ended=finished,
     )
-
-
-def _shared_prompt_ok(model: PolicyModel) -> bool:
-    """Whether ``model`` can score n responses against ONE forward of their shared prompt: its LM must
-    return a KV cache that gradients flow through (HF gradient checkpointing turns the cache off)."""
-    lm = model.causal_lm()
-    # transformers 5 renamed is_gradient_checkpointing (now deprecated, with a warning per call)
-    name = "is_activation_checkpointing" if hasattr(type(lm), "is_activation_checkpointing") else \
-        "is_gradient_checkpointing"
-    return bool(getattr(model, "shared_prompt_ok", True)) and not getattr(lm, name, False)
-
-
-_FALLBACK_SAID: set[str] = set()
-
-
-def _say_fallback_once(model: PolicyModel, why: str) -> None:
-    name = type(model).__name__
-    if name not in _FALLBACK_SAID:
-        _FALLBACK_SAID.add(name)
-        import sys
-
-        print(f"[xopd] {name}: scoring repeats each prompt per sample ({why})", file=sys.stderr)
-
-
-def response_logits(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor,
-                    n: int = 1) -> torch.Tensor:
-    """Logits that predict each response token: [N, L, V].
-
-    ``prompts`` has one row per response (``n == 1``) or one row per *distinct* prompt whose ``n``
-    responses follow each other in ``ids`` (rollout order). With ``n > 1`` the prompts are run once and
-    their KV cache is repeated for the n responses (the repeat's backward sums, so gradients reach the
-    prompt's trainable inputs exactly as if every response had its own copy): on spoken prompts that
-    are longer than their answers this is most of a scoring step's FLOPs saved. Models that cannot do
-    that (``shared_prompt_ok = False``, or gradient checkpointing) repeat the prompts instead.
-    """
-    if prompts.embeds.shape[0] * n != ids.shape[0]:
-        raise ValueError(f"{prompts.embeds.shape[0]} prompts x n={n} for {ids.shape[0]} responses")
-    if n > 1 and _shared_prompt_ok(model):
-        return _response_logits_shared(model, prompts, ids, mask, n)
-    if n > 1:
-        _say_fallback_once(model, "gradient checkpointing or no cache support")
-        prompts = prompts.repeat_interleave(n)
-    embeds = torch.cat([prompts.embeds, model.embed_tokens(ids)], dim=1)
-    attn = torch.cat([prompts.attention_mask, mask.long()], dim=1)
-    length = ids.shape[1]
-    # position P-1+j predicts response token j: keep only the last L+1 positions' logits, drop the last.
-    logits, _ = model.forward_embeds(embeds, attn, position_ids=position_ids_from_mask(attn),
-                                     logits_to_keep=length + 1)
-    return logits[:, :-1]
-
-
-def _response_logits_shared(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor,
-                            n: int) -> torch.Tensor:
-    """One forward over the B prompts (cache kept), the cache repeated n times, one over the B*n responses."""
-    p_logits, cache = model.forward_embeds(prompts.embeds, prompts.attention_mask, use_cache=True, logits_to_keep=1)
-    _repeat_cache(cache, n)
-    attn = torch.cat([prompts.attention_mask.repeat_interleave(n, 0), mask.long()], dim=1)
-    width = prompts.embeds.shape[1]
-    positions = position_ids_from_mask(attn)[:, width:]
-    r_logits, _ = model.forward_embeds(model.embed_tokens(ids), attn, position_ids=positions, cache=cache,
-                                       use_cache=True)
-    # the last prompt position predicts response token 0; response position j predicts token j + 1
-    return torch.cat([p_logits[:, -1:].repeat_interleave(n, 0), r_logits[:, :-1]], dim=1)
-
-
-def response_logprobs(
-    model: PolicyModel,
-    prompts: PromptBatch,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    temperature: float = 1.0,
-    chunk_size: int | None = None,
-    vocab_limit: int | None = None,
-    n: int = 1,
-) -> torch.Tensor:
-    """log p(y_t | prompt, y_<t) for every response token: [N, L] (0 where ``mask`` is False);
-    ``prompts`` and ``n`` as in :func:`response_logits`."""
-    logits = response_logits(model, prompts, ids, mask, n=n)
-    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
-        logits = logits[..., :vocab_limit]
-    lp = gather_logprobs(logits, ids, temperature=temperature, chunk_size=chunk_size or None, mask=mask)
-    return torch.where(mask, lp, torch.zeros_like(lp))

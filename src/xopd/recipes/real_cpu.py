@@ -25,7 +25,6 @@ import platform
 import random
 import sys
 import time
-from argparse import Namespace
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -139,23 +138,12 @@ def _kl(metrics: Path) -> dict[str, dict[str, float]]:
 
 
 def _eval(student: Path, teacher: Path | None, manifest: Path, out: Path, cfg: RealCpuConfig) -> dict:
-    from xopd.eval.cli import run_eval
+    from xopd.eval.config import EvalConfig
+    from xopd.eval.run import run_eval
 
-    args = Namespace(
-        student=str(student),
-        teacher=str(teacher) if teacher else None,
-        manifest=[str(manifest)],
-        output=str(out),
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=16,
-        judge_url=None,
-        judge_model=None,
-        device="cpu",
-        threads=cfg.threads,
-        strict=True,
-        no_progress=False,
-    )
-    return run_eval(args)
+    return run_eval(EvalConfig(student=str(student), teacher=str(teacher) if teacher else None,
+                               manifest=[str(manifest)], output=str(out), max_new_tokens=cfg.max_new_tokens,
+                               batch_size=16, threads=cfg.threads, strict=True))
 
 
 def run_real_cpu(cfg: RealCpuConfig) -> dict[str, Any]:

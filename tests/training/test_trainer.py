@@ -139,8 +139,8 @@ def test_shared_prompt_off_and_trim_cadence_change_speed_not_results(tiny_world,
     trims = []
     monkeypatch.setattr(trainer_mod, "trim_heap", lambda: trims.append(1) or True)
     a, b = tmp_path / "shared", tmp_path / "unshared"
-    assert main(_args(tiny_world, a, 4)) == 0
-    assert len(trims) == 4  # default: every step
+    assert main(_args(tiny_world, a, 4, "--trim_heap_every", "1")) == 0
+    assert len(trims) == 4  # every step
     trims.clear()
     assert main(_args(tiny_world, b, 4, "--shared_prompt", "false", "--trim_heap_every", "3")) == 0
     assert len(trims) == 2  # steps 1 and 4 (0-based 0 and 3)

@@ -10,8 +10,10 @@ def trim_heap() -> bool:
 
     Why: glibc keeps freed blocks of a few hundred KB (activations, encoder outputs) in its heap
     instead of unmapping them, so a long run's RSS tracks its *largest* transient heap rather than
-    its live tensors (the first measured demo peaked at 4.1 GB). Trimming once per training step or
-    generation batch costs a few ms and keeps allocation itself unchanged; a fixed 1 MB mmap
+    its live tensors (the first measured demo peaked at 4.1 GB). A trim is not free: the next step
+    faults the pages back in (every step: 1.45x the stage-1 step time; every 10 steps, the trainer's
+    default ``trim_heap_every``: 1.07x, ``benchmarks/trim_ab.py``); eval trims once per generation
+    batch. Allocation itself is unchanged; a fixed 1 MB mmap
     threshold also cut RSS (1.8 -> 0.45 GB encoding 600 clips) but made training steps 1.8x slower
     through page faults, so it is not used. ``XOPD_MALLOC_TRIM=0`` turns this off.
     """

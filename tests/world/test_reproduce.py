@@ -51,9 +51,12 @@ def test_paired_differences_hand_values():
 def test_own_style_references_keep_the_answer_and_change_the_wording():
     from xopd.metrics import extract_answer
     from xopd.world.reproduce import own_style
+    from xopd.world.tokenizer import build_world_tokenizer
 
     teacher = "12 plus 5 is 17. 17 minus 3 is 14. The answer is 14."
     mine = own_style(teacher)
-    assert mine == "Start with 12. Adding 5 gives 17. Taking away 3 gives 14. So 14. The answer is 14."
+    assert mine == "There are 12. 5 more is 17. 3 away is 14. The answer is 14."
     assert extract_answer(mine) == extract_answer(teacher) == "14"
     assert own_style("cat, dog, sun") == "cat, dog, sun"  # instruct answers are bare: nothing to restyle
+    tok = build_world_tokenizer()  # every word is one the mini world's LM can say (no <unk>)
+    assert tok.unk_token_id not in tok(mine)["input_ids"]

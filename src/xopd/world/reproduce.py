@@ -55,17 +55,23 @@ _STEP = re.compile(r"(\d+) (plus|minus) (\d+) is (\d+)\.")
 
 
 def own_style(reference: str) -> str:
-    """The same answer in another wording of the steps than the teacher's: ``"12 plus 5 is 17. The answer
-    is 17."`` -> ``"Start with 12. Adding 5 gives 17. So 17. The answer is 17."``. Bare answers (instruct)
-    have no steps and stay as they are; the closing ``The answer is N.`` stays, so scoring is unchanged."""
+    """The same answer in another wording of the steps than the teacher's: ``"12 plus 5 is 17. 17 minus
+    3 is 14. The answer is 14."`` -> ``"There are 12. 5 more is 17. 3 away is 14. The answer is 14."``.
+    Only words of the mini world's vocabulary (its tokenizer has no others: a new word would be
+    ``<unk>``). Bare answers (instruct) have no steps and stay as they are; the closing ``The answer is
+    N.`` stays, so scoring is unchanged."""
     steps = _STEP.findall(reference)
     if not steps:
         return reference
-    out = [f"Start with {steps[0][0]}."]
+    out = [f"There are {steps[0][0]}."]
     for _, op, k, new in steps:
-        out.append(f"{'Adding' if op == 'plus' else 'Taking away'} {k} gives {new}.")
+        out.append(f"{k} {'more' if op == 'plus' else 'away'} is {new}.")
     tail = reference[reference.rfind("The answer is"):] if "The answer is" in reference else ""
-    return " ".join(out + [f"So {steps[-1][3]}.", tail]).strip()
+    return " ".join(out + [tail]).strip()
+
+
+#: bumped whenever own_style's wording changes, so cached runs trained on the old wording are redone
+OWN_STYLE_VERSION = 2
 
 
 @dataclass
@@ -177,7 +183,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         run_dir = out / "runs" / f"{row}-lr{lr:g}-s{seed}"
         key = stage_hash({"row": row, "seed": seed, "lr": lr, "steps": cfg.steps, "batch": cfg.batch,
                      "s1": world.s1_key, "n": cfg.xopd_n, "mnt": cfg.max_new_tokens,
-                     "replay": cfg.xopd_replay, "refs": "own" if row in OWN_STYLE_ROWS else "teacher"})
+                     "replay": cfg.xopd_replay, "refs": f"own-v{OWN_STYLE_VERSION}" if row in OWN_STYLE_ROWS else "teacher"})
         model = final_model(run_dir, cfg.steps)
         if not cache.done(str(run_dir.relative_to(out)), key):
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -29,6 +29,7 @@ def test_quick_reproduce_report_schema(tmp_path):
     assert set(rep["paired_vs_xopd_l05"]) == {"student_base", "sft"}
     assert set(rep["paired_vs_xopd_l05"]["sft"]["test"]["avg_drop_S"]) == {"mean", "std", "n", "sep"}
     assert "dS - xopd_l05 (seed-paired)" in (out / "report.md").read_text()
+    assert rep["peak_rss_mb"] > 0
 
 
 def test_paired_differences_hand_values():

@@ -230,7 +230,8 @@ def write_reproduce_report(root: Path, report: dict) -> None:
     parts.append("\n## Cost per row (mean over seeds)\n\n| row | train seconds | tokens |\n|---|---|---|")
     for row, c in report["cost"].items():
         parts.append(f"| {row} | {c['seconds']['mean']:.0f} | {c['tokens']['mean']:.0f} |")
-    parts.append(f"\nTotal wall-clock: {report['seconds']:.0f} s")
+    parts.append(f"\nTotal wall-clock: {report['seconds']:.0f} s"
+                 + (f"; peak RSS {report['peak_rss_mb']:.0f} MB" if report.get("peak_rss_mb") else ""))
     md = "\n".join(parts) + "\n"
     atomic_write_text(root / "report.md", md)
     print(md)

@@ -27,6 +27,7 @@ from xopd.world.stages import (
     StageCache,
     final_model,
     log,
+    peak_rss_mb,
     prepare_world,
     stage_hash,
     train_cfg,
@@ -257,6 +258,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         "budget": {"steps": cfg.steps, "prompts_per_step": cfg.batch, "samples_per_prompt": cfg.xopd_n,
                    "replay_rows_per_step": cfg.xopd_replay},
         "seconds": time.perf_counter() - t_start,
+        "peak_rss_mb": peak_rss_mb(),
         "config": asdict(cfg),
     }
     write_reproduce_report(out, report)

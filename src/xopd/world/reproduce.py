@@ -19,20 +19,9 @@ from pathlib import Path
 
 from xopd.config import field
 from xopd.training.logging import read_metrics
+from xopd.world import stages
 from xopd.world.config import DemoConfig
 from xopd.world.data import by_task
-from xopd.world.stages import (
-    CACHE_DTYPE,
-    REHEARSAL_TASKS,
-    StageCache,
-    final_model,
-    log,
-    peak_rss_mb,
-    prepare_world,
-    stage_hash,
-    train_cfg,
-    xopd_pool,
-)
 from xopd.world.tasks import BENCHES
 
 ROWS = ("student_base", "sft", "sft_teacher_style", "offline_kd", "gkd", "grpo", "xopd_l0", "xopd_l05", "xopd_l1")
@@ -155,21 +144,21 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         cfg = cfg.quick_version()
     t_start = time.perf_counter()
     world_cfg = replace(cfg, output_dir=cfg.world_dir)
-    world = prepare_world(world_cfg)
+    world = stages.prepare_world(world_cfg)
     out = Path(cfg.output_dir)
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(out)
+    cache = stages.StageCache(out)
     # Every row trains on the pool X-OPD uses in the demo (spoken questions stage 1 never trained on),
     # minus a dev slice for the sweep. On stage 1's own (memorised) train questions the student already
     # answers like the teacher: no row had a signal there, and a dev slice of them rewarded the smallest
     # learning rate (measured: every row flat, the sweep chose the smallest lr for 6 of 8 rows).
-    train_all = [e for e in xopd_pool(world) if e.task in BENCHES]
+    train_all = [e for e in stages.xopd_pool(world) if e.task in BENCHES]
     dev = [e for b in BENCHES for e in [x for x in train_all if x.task == b][-cfg.dev_size:]]
     dev_ids = {e.id for e in dev}
     train = [e for e in train_all if e.id not in dev_ids]
-    replay = by_task(world.split["train"], *REHEARSAL_TASKS)  # the same rehearsal rows for every row
+    replay = by_task(world.split["train"], *stages.REHEARSAL_TASKS)  # the same rehearsal rows for every row
     seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
     rows = [r for r in cfg.rows.split(",") if r.strip()]
     unknown = set(rows) - set(ROW_SETTINGS)
@@ -187,21 +176,22 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
 
     def train_row(row: str, seed: int, lr: float) -> tuple[Path, dict]:
         run_dir = out / "runs" / f"{row}-lr{lr:g}-s{seed}"
-        key = stage_hash({"row": row, "seed": seed, "lr": lr, "steps": cfg.steps, "batch": cfg.batch,
+        key = stages.stage_hash({"row": row, "seed": seed, "lr": lr, "steps": cfg.steps, "batch": cfg.batch,
                      "s1": world.s1_key, "n": cfg.xopd_n, "mnt": cfg.max_new_tokens,
-                     "replay": cfg.xopd_replay, "pool": "prompts", "refs": f"own-v{OWN_STYLE_VERSION}" if row in OWN_STYLE_ROWS else "teacher"})
-        model = final_model(run_dir, cfg.steps)
+                     "replay": cfg.xopd_replay, "pool": "prompts",
+                     "refs": f"own-v{OWN_STYLE_VERSION}" if row in OWN_STYLE_ROWS else "teacher"})
+        model = stages.final_model(run_dir, cfg.steps)
         if not cache.done(str(run_dir.relative_to(out)), key):
             shutil.rmtree(run_dir, ignore_errors=True)
             from xopd.training.trainer import train as run_train
 
             settings = dict(ROW_SETTINGS[row])
-            tcfg = train_cfg(run_dir, student_path=str(world.student1), teacher_path=str(world.teacher_dir),
+            tcfg = stages.train_cfg(run_dir, student_path=str(world.student1), teacher_path=str(world.teacher_dir),
                               n_samples=cfg.xopd_n, batch_size=cfg.batch, micro_batch_size=cfg.batch,
                               max_steps=cfg.steps, lr=lr, max_new_tokens=cfg.max_new_tokens, seed=seed,
                               threads=cfg.threads, kd_cache=str(out / "kd_cache.jsonl"),
                               replay_batch=cfg.xopd_replay, **settings)
-            log(f"reproduce: {row} seed {seed} lr {lr:g}")
+            stages.log(f"reproduce: {row} seed {seed} lr {lr:g}")
             rows_data = [replace(e, reference=own_style(e.reference)) for e in train] if row in OWN_STYLE_ROWS \
                 else train
             run_train(tcfg, examples=rows_data, replay=replay)  # xopd_replay rows per step; 0 = the paper's setting
@@ -215,7 +205,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         from xopd.models import load_student
 
         m = load_student(model_dir)
-        m.enable_encoder_cache(dtype=CACHE_DTYPE)
+        m.enable_encoder_cache(dtype=stages.CACHE_DTYPE)
         r = evaluate_student(m, dev, dev_teacher, cfg.max_new_tokens, cfg.eval_batch, "dev")
         return r["avg_drop_S"]
 
@@ -238,13 +228,13 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     per_row: dict[str, list[dict]] = {}
     costs: dict[str, list[dict]] = {}
     base_eval = evaluate_world(world.teacher_dir, {"student_base": world.student1}, eval_splits,
-                               cfg.max_new_tokens, cfg.eval_batch, CACHE_DTYPE)
+                               cfg.max_new_tokens, cfg.eval_batch, stages.CACHE_DTYPE)
     per_row["student_base"] = [base_eval["models"]["student_base"]]
     for row in rows:
         for seed in seeds:
             model, cost = train_row(row, seed, sweep[row]["chosen_lr"])
             res = evaluate_world(world.teacher_dir, {row: model}, eval_splits, cfg.max_new_tokens, cfg.eval_batch,
-                                 CACHE_DTYPE)
+                                 stages.CACHE_DTYPE)
             per_row.setdefault(row, []).append(res["models"][row])
             costs.setdefault(row, []).append(cost)
     report = {
@@ -258,7 +248,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         "budget": {"steps": cfg.steps, "prompts_per_step": cfg.batch, "samples_per_prompt": cfg.xopd_n,
                    "replay_rows_per_step": cfg.xopd_replay},
         "seconds": time.perf_counter() - t_start,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": stages.peak_rss_mb(),
         "config": asdict(cfg),
     }
     write_reproduce_report(out, report)

@@ -205,3 +205,15 @@ def load_config(cls: type[C], config_path: str | None, overrides: dict[str, Any]
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def from_namespace(cls: type[C], args: argparse.Namespace) -> C:
+    """A command's typed config from its parsed arguments (argparse ``dest`` names = field names), checked
+    by the config's ``validate`` when it has one: every subcommand works from a dataclass, whether its
+    flags are generated from the dataclass (``add_help_for``) or written by hand for positional
+    arguments, aliases and groups."""
+    obj = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj

@@ -15,7 +15,7 @@ def test_quick_reproduce_report_schema(tmp_path):
     assert main(["reproduce", "--quick", "--output_dir", str(out), "--world_dir", str(world), "--threads", "1"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["seeds"] == [0, 1]
-    assert set(rep["rows"]) == {"student_base", "sft", "xopd_l05"}
+    assert set(rep["rows"]) == {"student_base", "sft", "sft_teacher_style", "xopd_l05", "sft_equal_compute"}
     for row in ("sft", "xopd_l05"):
         for split in ("test", "heldout"):
             r = rep["rows"][row][split]
@@ -26,10 +26,12 @@ def test_quick_reproduce_report_schema(tmp_path):
         assert rep["cost"][row]["tokens"]["mean"] > 0
         assert "chosen_lr" in rep["lr_sweep"][row]
     assert (out / "report.md").is_file() and (out / "avg_drop.png").is_file()
-    assert set(rep["paired_vs_xopd_l05"]) == {"student_base", "sft"}
+    assert set(rep["paired_vs_xopd_l05"]) == {"student_base", "sft", "sft_teacher_style", "sft_equal_compute"}
     assert set(rep["paired_vs_xopd_l05"]["sft"]["test"]["avg_drop_S"]) == {"mean", "std", "n", "sep"}
     assert "dS - xopd_l05 (seed-paired)" in (out / "report.md").read_text()
     assert rep["peak_rss_mb"] > 0
+    eq = rep["equal_compute"]  # SFT for as many steps as xopd_l05's training time buys
+    assert eq["row"] == "sft_equal_compute" and eq["steps"] == 2 * max(1, round(eq["time_ratio"]))
 
 
 def test_paired_differences_hand_values():

@@ -77,16 +77,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace, rest: list[str] | None = None) -> int:
+    from xopd.bench.config import BenchConfig
     from xopd.bench.report import run_bench
+    from xopd.config import from_namespace
 
-    if args.quick:
-        args.sizes = "XS" if args.sizes == "S,M" else args.sizes
-        args.steps, args.warmup, args.rounds = min(args.steps, 2), min(args.warmup, 1), 1
-        args.max_new_tokens, args.prompts = min(args.max_new_tokens, 8), min(args.prompts, 4)
-    if args.rss is None:
-        args.rss = not args.quick
-    out = Path(args.output or os.path.join(args.work_dir, "bench.json"))
-    report = run_bench(args)
+    cfg = from_namespace(BenchConfig, args)
+    out = Path(cfg.output or os.path.join(cfg.work_dir, "bench.json"))
+    report = run_bench(cfg)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"[xopd] wrote {out} ({_dt.datetime.now():%Y-%m-%d %H:%M})")
     return 0

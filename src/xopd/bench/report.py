@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as _dt
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from xopd.bench.config import BenchConfig
 
 
 def _versions() -> dict[str, str | None]:
@@ -39,7 +42,7 @@ def _best(runs: list[dict[str, float]]) -> dict[str, float] | None:
     return min(runs, key=lambda r: r["step_s"]) if runs else None
 
 
-def run_bench(args) -> dict[str, Any]:
+def run_bench(args: BenchConfig) -> dict[str, Any]:
     """Everything ``xopd bench`` measures, as one JSON-able dict (see BENCHMARKS.md for the fields)."""
     from xopd.bench.models import SIZES, build_bench_world
     from xopd.bench.system import cpu_model, matmul_peak_gflops, run_child

@@ -19,11 +19,14 @@ FLOPs per step are counted for the work the step must do (prompts once, every sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xopd.bench.models import SIZES, build_bench_world
 
-#: ~110 chat-templated prompt tokens (the demo's spoken word problem), 20 new tokens, n = 4
+if TYPE_CHECKING:
+    from xopd.bench.config import BenchConfig
+
+#: ~125 chat-templated prompt tokens a prompt (the demo's spoken word problem takes ~110), 20 new tokens, n = 4
 X_SHAPE = {"prompt_words": 100, "prompts": 8, "n": 4, "max_new_tokens": 20}
 
 
@@ -31,7 +34,7 @@ def _best(runs: list[dict[str, float]]) -> dict[str, float] | None:
     return min(runs, key=lambda r: r["step_s"]) if runs else None
 
 
-def run_x(args, work: Path, threads: int, peak: float, use_trl: bool, log) -> dict[str, Any]:
+def run_x(args: BenchConfig, work: Path, threads: int, peak: float, use_trl: bool, log) -> dict[str, Any]:
     """Every X measurement; returns ``{"vs_trl": ..., "shared_prompt": ..., "flops": ...}``."""
     from xopd.algos.base import make_prompts
     from xopd.bench.report import _cpu_ratio

@@ -229,14 +229,18 @@ def cmd_data(args: argparse.Namespace, rest: list[str]) -> int:
     if getattr(args, "data_command", None) != "check":
         args.data_parser.print_help(sys.stderr)
         return 2
+    from xopd.config import from_namespace
+    from xopd.data.config import DataCheckConfig
+
+    cfg = from_namespace(DataCheckConfig, args)
     result = check_manifest(
-        args.manifest,
-        strict=args.strict,
-        max_audio_seconds=args.max_audio_seconds,
-        max_text_chars=args.max_text_chars,
-        tokenizer_dir=args.tokenizer,
+        cfg.manifest,
+        strict=cfg.strict,
+        max_audio_seconds=cfg.max_audio_seconds,
+        max_text_chars=cfg.max_text_chars,
+        tokenizer_dir=cfg.tokenizer,
     )
-    if args.json:
+    if cfg.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
         print(format_summary(result))

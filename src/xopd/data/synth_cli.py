@@ -52,44 +52,45 @@ def _snrs(text: str) -> tuple[float | None, ...]:
 
 
 def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
+    from xopd.config import from_namespace
+    from xopd.data.config import SynthConfig
     from xopd.data.synth import VoicePlan, make_engine, read_prompts, synthesize_prompts
 
-    if args.max_wer < 0:
-        raise ConfigError(f"--max-wer must be >= 0, got {args.max_wer}")
+    cfg = from_namespace(SynthConfig, args)
     rows = read_prompts(
-        args.input, hf_dataset=args.hf_dataset, column=args.column, split=args.split, limit=args.limit
+        cfg.input, hf_dataset=cfg.hf_dataset, column=cfg.column, split=cfg.split, limit=cfg.limit
     )
-    voices = tuple(v.strip() for v in args.voices.split(",") if v.strip()) if args.voices else None
-    if args.tts == "piper":
+    voices = tuple(v.strip() for v in cfg.voices.split(",") if v.strip()) if cfg.voices else None
+    if cfg.tts == "piper":
         voices = voices or ("piper",)
     plan = VoicePlan(
         voices=voices or VoicePlan().voices,
-        rate=_range(args.rate, "rate"),
-        pitch=_range(args.pitch, "pitch"),
-        noise_snrs=_snrs(args.noise_snr),
+        rate=_range(cfg.rate, "rate"),
+        pitch=_range(cfg.pitch, "pitch"),
+        noise_snrs=_snrs(cfg.noise_snr),
     )
-    if args.tts == "espeak":
+    if cfg.tts == "espeak":
         from xopd.data.tts import Voice
 
         for v in plan.voices:
             Voice(v, plan.rate[0], plan.pitch[0]).validate()
             Voice(v, plan.rate[1], plan.pitch[1]).validate()
-    engine = make_engine(args.tts, args.piper_model)
+    engine = make_engine(cfg.tts, cfg.piper_model)
     report = synthesize_prompts(
-        rows, args.output, engine=engine, plan=plan, seed=args.seed, workers=args.workers,
-        asr_filter=args.asr_filter, max_wer=args.max_wer, max_seconds=args.max_seconds,
-        progress=not args.no_progress, source=str(args.input or args.hf_dataset),
+        rows, cfg.output, engine=engine, plan=plan, seed=cfg.seed, workers=cfg.workers,
+        asr_filter=cfg.asr_filter, max_wer=cfg.max_wer, max_seconds=cfg.max_seconds,
+        progress=not cfg.no_progress, source=str(cfg.input or cfg.hf_dataset),
     )  # fmt: skip
     drops = ", ".join(f"{k}={v}" for k, v in report["dropped"].items()) or "none"
     bc = report["backcheck"]
     msg = (
-        f"[xopd synth] {report['kept']}/{report['total']} pairs kept in {args.output}/manifest.jsonl "
+        f"[xopd synth] {report['kept']}/{report['total']} pairs kept in {cfg.output}/manifest.jsonl "
         f"(synthesised {report['synthesized']}, reused {report['reused']}; dropped: {drops})"
     )
     if bc:
         msg += f"; back-check mean WER {bc['mean_wer']:.3f} (max {bc['max_wer']:g})"
     print(msg, file=sys.stderr)
-    if args.json:
+    if cfg.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0 if report["kept"] else 1
 

@@ -30,31 +30,27 @@ examples:
 
 def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
     if args.models_command == "prepare":
+        from xopd.config import from_namespace
+        from xopd.models.config import PrepareConfig
         from xopd.models.prepare import prepare
 
-        dirs = prepare(args.cache, args.what, stack=args.stack)
+        pcfg = from_namespace(PrepareConfig, args)
+        dirs = prepare(pcfg.cache, pcfg.what, stack=pcfg.stack)
         for k, v in dirs.items():
             print(f"{k}\t{v}")
         return 0
     if args.models_command == "compose":
-        from xopd.errors import ConfigError
+        from xopd.config import from_namespace
+        from xopd.models.config import ComposeConfig
         from xopd.models.speech_llm import SpeechLLM
 
-        adapter = None
-        if args.adapter != "ctc" and (args.lm_input != "states" or args.acoustic_prefix):
-            raise ConfigError("models compose: --lm_input / --acoustic_prefix need --adapter ctc")
-        if args.adapter == "ctc" and args.lm_input == "posterior" and args.compress != "ctc":
-            raise ConfigError("models compose: --lm_input posterior needs --compress ctc (one position per token)")
-        if args.acoustic_prefix < 0:
-            raise ConfigError(f"models compose: --acoustic_prefix must be >= 0, got {args.acoustic_prefix}")
-        if args.adapter == "ctc":
-            adapter = {"d_model": args.adapter_dim, "layers": args.adapter_layers, "stack": args.stack,
-                       "compress": args.compress, "lm_input": args.lm_input, "acoustic_prefix": args.acoustic_prefix}
-        model = SpeechLLM.compose(args.encoder, args.lm, stack=args.stack, projector_hidden=args.projector_hidden,
-                                  adapter=adapter, seed=args.seed)
-        model.save_pretrained(args.out)
+        ccfg = from_namespace(ComposeConfig, args)
+        adapter = ccfg.adapter_kwargs()
+        model = SpeechLLM.compose(ccfg.encoder, ccfg.lm, stack=ccfg.stack, projector_hidden=ccfg.projector_hidden,
+                                  adapter=adapter, seed=ccfg.seed)
+        model.save_pretrained(ccfg.out)
         n = sum(p.numel() for p in model.parameters())
-        print(f"{args.out}\t{n / 1e6:.1f} M parameters" + (f", CTC adapter over {len(model.tokenizer)} tokens"
+        print(f"{ccfg.out}\t{n / 1e6:.1f} M parameters" + (f", CTC adapter over {len(model.tokenizer)} tokens"
                                                         if adapter else ""))
         return 0
     if args.models_command == "real-cpu":

@@ -219,6 +219,10 @@ def write_reproduce_report(root: Path, report: dict) -> None:
         + "; learning rate chosen by the sweep below. "
         "Paper columns: Qwen3-Omni-30B-A3B (BIG Bench Audio / VoiceBench avg. drop; MMAR), for reference only.\n",
     ]
+    eq = report.get("equal_compute")
+    if eq:
+        parts.append(f"Equal compute: `{eq['row']}` is {eq['of']} trained for {eq['steps']} steps, the multiple of "
+                     f"the budget closest to xopd_l05's training time ({eq['time_ratio']:.1f}x {eq['of']}'s).\n")
     for split, title in (("test", "Test"), ("heldout", "Held-out (unseen voices and noise)")):
         parts += [f"\n## Table 1/2 analogue — {title}\n", reproduce_tables(report, split),
                   f"\n\n## Table 3 analogue (forgetting) — {title}\n", forgetting_table(report, split), ""]

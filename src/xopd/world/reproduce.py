@@ -76,11 +76,14 @@ class ReproduceConfig(DemoConfig):
     lr_grid: str = field("0.3,1,3", help="multipliers of each row's base lr tried in the sweep")
     sft_base_lr: float = field(3e-4, help="base lr of sft / offline_kd / gkd")
     rl_base_lr: float = field(2e-4, help="base lr of grpo / xopd")
+    equal_compute: bool = field(True, help="also train sft_teacher_style for as many steps as xopd_l05's "
+                                "training time buys (the row sft_equal_compute)")
     dev_size: int = field(48, help="items of the prompt pool held back (per bench) to choose learning rates")
 
     def quick_version(self) -> ReproduceConfig:
         base = DemoConfig.quick_version(self)
-        return replace(base, rows="sft,xopd_l05", seeds="0,1", steps=2, batch=2, lr_grid="1", dev_size=2)  # type: ignore[return-value]
+        return replace(base, rows="sft,sft_teacher_style,xopd_l05", seeds="0,1",  # type: ignore[return-value]
+                       steps=2, batch=2, lr_grid="1", dev_size=2)
 
 
 def _mean_std(xs: list[float]) -> dict[str, float]:
@@ -174,13 +177,15 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     dev_teacher = score_view(teacher, dev, "T", cfg.max_new_tokens, cfg.eval_batch, "teacher dev")
     del teacher
 
-    def train_row(row: str, seed: int, lr: float) -> tuple[Path, dict]:
-        run_dir = out / "runs" / f"{row}-lr{lr:g}-s{seed}"
-        key = stages.stage_hash({"row": row, "seed": seed, "lr": lr, "steps": cfg.steps, "batch": cfg.batch,
+    def train_row(row: str, seed: int, lr: float, steps: int | None = None, name: str | None = None,
+                  ) -> tuple[Path, dict]:
+        steps = steps or cfg.steps
+        run_dir = out / "runs" / f"{name or row}-lr{lr:g}-s{seed}"
+        key = stages.stage_hash({"row": row, "seed": seed, "lr": lr, "steps": steps, "batch": cfg.batch,
                      "s1": world.s1_key, "n": cfg.xopd_n, "mnt": cfg.max_new_tokens,
                      "replay": cfg.xopd_replay, "pool": "prompts",
                      "refs": f"own-v{OWN_STYLE_VERSION}" if row in OWN_STYLE_ROWS else "teacher"})
-        model = stages.final_model(run_dir, cfg.steps)
+        model = stages.final_model(run_dir, steps)
         if not cache.done(str(run_dir.relative_to(out)), key):
             shutil.rmtree(run_dir, ignore_errors=True)
             from xopd.training.trainer import train as run_train
@@ -188,10 +193,10 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
             settings = dict(ROW_SETTINGS[row])
             tcfg = stages.train_cfg(run_dir, student_path=str(world.student1), teacher_path=str(world.teacher_dir),
                               n_samples=cfg.xopd_n, batch_size=cfg.batch, micro_batch_size=cfg.batch,
-                              max_steps=cfg.steps, lr=lr, max_new_tokens=cfg.max_new_tokens, seed=seed,
+                              max_steps=steps, lr=lr, max_new_tokens=cfg.max_new_tokens, seed=seed,
                               threads=cfg.threads, kd_cache=str(out / "kd_cache.jsonl"),
                               replay_batch=cfg.xopd_replay, **settings)
-            stages.log(f"reproduce: {row} seed {seed} lr {lr:g}")
+            stages.log(f"reproduce: {name or row} seed {seed} lr {lr:g} steps {steps}")
             rows_data = [replace(e, reference=own_style(e.reference)) for e in train] if row in OWN_STYLE_ROWS \
                 else train
             run_train(tcfg, examples=rows_data, replay=replay)  # xopd_replay rows per step; 0 = the paper's setting
@@ -237,12 +242,28 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
                                  stages.CACHE_DTYPE)
             per_row.setdefault(row, []).append(res["models"][row])
             costs.setdefault(row, []).append(cost)
+    equal = None
+    if cfg.equal_compute and {"sft_teacher_style", "xopd_l05"} <= set(costs):
+        # equal compute: SFT on the teacher's wording for as many steps as xopd_l05's training time buys
+        # (an integer multiple of the step budget, so the runs stay cached across timing noise)
+        ratio = (_mean_std([c["seconds"] for c in costs["xopd_l05"]])["mean"]
+                 / max(1e-9, _mean_std([c["seconds"] for c in costs["sft_teacher_style"]])["mean"]))
+        mult = max(1, round(ratio))
+        equal = {"row": "sft_equal_compute", "of": "sft_teacher_style", "time_ratio": ratio, "steps": cfg.steps * mult}
+        for seed in seeds:
+            model, cost = train_row("sft_teacher_style", seed, sweep["sft_teacher_style"]["chosen_lr"],
+                                    steps=cfg.steps * mult, name="sft_equal_compute")
+            res = evaluate_world(world.teacher_dir, {"sft_equal_compute": model}, eval_splits, cfg.max_new_tokens,
+                                 cfg.eval_batch, stages.CACHE_DTYPE)
+            per_row.setdefault("sft_equal_compute", []).append(res["models"]["sft_equal_compute"])
+            costs.setdefault("sft_equal_compute", []).append(cost)
     report = {
         "rows": {row: aggregate_runs(v) for row, v in per_row.items()},
         "paired_vs_xopd_l05": paired_differences(per_row),
         "seeds": seeds,
         "teacher": base_eval["teacher_by_split"],
         "lr_sweep": sweep,
+        "equal_compute": equal,
         "cost": {row: {"seconds": _mean_std([c["seconds"] for c in cs]),
                        "tokens": _mean_std([c["tokens"] for c in cs])} for row, cs in costs.items()},
         "budget": {"steps": cfg.steps, "prompts_per_step": cfg.batch, "samples_per_prompt": cfg.xopd_n,

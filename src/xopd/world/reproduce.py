@@ -221,7 +221,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         base = cfg.rl_base_lr if ROW_SETTINGS[row]["algo"] in ("grpo", "xopd") else cfg.sft_base_lr
         tried = {}
         for g in grid:
-            lr = base * g
+            lr = float(f"{base * g:g}")  # the value the report and the seed runs use (9e-05, not 8.999e-05)
             model, _ = train_row(row, seeds[0], lr)
             tried[f"{lr:g}"] = dev_drop(model) if len(grid) > 1 else float("nan")
         best = min(tried, key=lambda k: tried[k] if tried[k] == tried[k] else math.inf) if len(grid) > 1 \

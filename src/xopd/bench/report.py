@@ -31,14 +31,14 @@ def _versions() -> dict[str, str | None]:
     }
 
 
-def _cpu_ratio(a: dict[str, float], b: dict[str, float]) -> float | None:
+def cpu_ratio(a: dict[str, float], b: dict[str, float]) -> float | None:
     """(tokens per CPU-second of ``a``) / (same for ``b``); tokens per step = tok_s * step_s."""
     if not a.get("cpu_s") or not b.get("cpu_s"):
         return None
     return (a["tok_s"] * a["step_s"] / a["cpu_s"]) / (b["tok_s"] * b["step_s"] / b["cpu_s"])
 
 
-def _best(runs: list[dict[str, float]]) -> dict[str, float] | None:
+def best_run(runs: list[dict[str, float]]) -> dict[str, float] | None:
     return min(runs, key=lambda r: r["step_s"]) if runs else None
 
 
@@ -124,7 +124,7 @@ def run_bench(args: BenchConfig) -> dict[str, Any]:
                             work_dir=str(work / "trl"),
                         )
                     )
-        best = {k: _best(v) for k, v in runs.items()}
+        best = {k: best_run(v) for k, v in runs.items()}
         x = best["xopd"]
         trl = {k: best[k] for k in ("distillation", "gkd") if best[k]}
         faster = max(trl, key=lambda k: trl[k]["tok_s"]) if trl else None
@@ -138,7 +138,7 @@ def run_bench(args: BenchConfig) -> dict[str, Any]:
             # CPU seconds per step (process time, all threads): robust to other load on 1 thread
             "xopd_cpu_s": x.get("cpu_s"),
             "trl_cpu_s": trl[faster].get("cpu_s") if faster else None,
-            "ratio_cpu": _cpu_ratio(x, trl[faster]) if faster else None,
+            "ratio_cpu": cpu_ratio(x, trl[faster]) if faster else None,
             "trl": trl,
             "all_rounds": runs,
         }

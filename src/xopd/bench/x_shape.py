@@ -30,14 +30,10 @@ if TYPE_CHECKING:
 X_SHAPE = {"prompt_words": 100, "prompts": 8, "n": 4, "max_new_tokens": 20}
 
 
-def _best(runs: list[dict[str, float]]) -> dict[str, float] | None:
-    return min(runs, key=lambda r: r["step_s"]) if runs else None
-
-
 def run_x(args: BenchConfig, work: Path, threads: int, peak: float, use_trl: bool, log) -> dict[str, Any]:
     """Every X measurement; returns ``{"vs_trl": ..., "shared_prompt": ..., "flops": ...}``."""
     from xopd.algos.base import make_prompts
-    from xopd.bench.report import _cpu_ratio
+    from xopd.bench.report import best_run, cpu_ratio
     from xopd.bench.trl_bench import run_trl
     from xopd.bench.xopd_bench import bench_examples, run_xopd, step_flops
     from xopd.models import load_student, load_teacher
@@ -60,7 +56,7 @@ def run_x(args: BenchConfig, work: Path, threads: int, peak: float, use_trl: boo
                 log(f"X round {r + 1}/{args.rounds}: trl {kind} (prompts repeated {n}x)")
                 runs[kind].append(run_trl(kind, world, args.steps, new, args.warmup, work_dir=str(work / "trl-x"),
                                           repeat=n))
-    best = {k: _best(v) for k, v in runs.items()}
+    best = {k: best_run(v) for k, v in runs.items()}
     x, slow = best["shared"], best["unshared"]
     trl = {k: best[k] for k in ("distillation", "gkd") if best[k]}
     faster = max(trl, key=lambda k: trl[k]["tok_s"]) if trl else None
@@ -76,7 +72,7 @@ def run_x(args: BenchConfig, work: Path, threads: int, peak: float, use_trl: boo
         "trl_step_s": trl[faster]["step_s"] if faster else None,
         "trl_cpu_s": trl[faster].get("cpu_s") if faster else None,
         "ratio": x["tok_s"] / trl[faster]["tok_s"] if faster else None,
-        "ratio_cpu": _cpu_ratio(x, trl[faster]) if faster else None,
+        "ratio_cpu": cpu_ratio(x, trl[faster]) if faster else None,
         "faster_trl": faster, "trl": trl, "all_rounds": runs, "step_gflop": flops["step_gflop"],
     }  # fmt: skip
     return {

@@ -26,6 +26,8 @@ def test_quick_demo_report_schema(tmp_path):
                 assert 0.0 <= r[bench]["S"] <= 1.0 and 0.0 <= r[bench]["T"] <= 1.0
             for key in ("avg_drop_S", "avg_drop_T", "audio_only_acc", "asr_wer"):
                 assert key in r
+            # the same gap over the questions the front end heard exactly
+            assert set(r["heard_right"]) == {"avg_drop_S", "avg_drop_T", "n"} and 0 <= r["heard_right"]["n"] <= 2 * 100
     assert set(rep["stage_seconds"]) == {"data", "encode", "teacher", "hearing", "stage1", "xopd", "eval"}
     for split in ("test", "heldout"):  # what the front end hears, and the cascade on it
         h = rep["hearing"][split]
@@ -59,11 +61,15 @@ def _without_timings(rep: dict) -> dict:
 
 @pytest.mark.timeout(900)
 def test_two_fresh_quick_demos_give_the_same_report(tmp_path):
-    """Reproducibility: the whole pipeline (data, teacher, hearing, stage 1, X-OPD, eval) is seeded."""
+    """Reproducibility: the whole pipeline (data, teacher, hearing, stage 1, X-OPD, eval) is seeded, in
+    stage processes of its own or not."""
     reports = []
-    for name in ("a", "b"):
+    # the second run keeps every stage in this process: running stages in processes of their own
+    # (the default, for memory) must not change a number
+    for name, isolate in (("a", "true"), ("b", "false")):
         out = tmp_path / name
-        assert main(["demo", "--quick", "--fresh", "--output_dir", str(out), "--threads", "1"]) == 0
+        assert main(["demo", "--quick", "--fresh", "--output_dir", str(out), "--threads", "1",
+                     "--isolate", isolate]) == 0
         reports.append(_without_timings(json.loads((out / "report.json").read_text())))
     assert reports[0] == reports[1]
 

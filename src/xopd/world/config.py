@@ -23,6 +23,9 @@ class DemoConfig:
     parallel: bool = field(True, help="train the teacher in a second process (1 thread) while this one encodes "
                            "the audio and trains the front end (1 thread): on 2 cores ~2x faster than one "
                            "after the other")
+    isolate: bool = field(True, help="run stage 1, each X-OPD run and the evaluation in a fresh process of "
+                          "their own: the memory a stage touched goes back to the OS when it ends (same "
+                          "results; each costs a few seconds of start-up and reloads the encoder cache)")
     # -- teacher -------------------------------------------------------------------------------------
     teacher_minutes: float = field(20.0, help="wall-clock cap on training the teacher (a safety net: it stops "
                                    "at teacher_steps first on any machine we measured)")

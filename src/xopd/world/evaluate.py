@@ -14,7 +14,7 @@ from pathlib import Path
 
 from xopd.data.manifest import Example
 from xopd.eval.generation import avg_drop, generate, score_responses
-from xopd.metrics import normalize_text, wer
+from xopd.metrics import normalize_text, score_item, wer
 from xopd.models import load_student, load_teacher
 from xopd.world.tasks import BENCHES
 
@@ -31,6 +31,21 @@ def score_view(
     return score_responses(examples, resp)
 
 
+def item_scores(examples: Sequence[Example], responses: Sequence[str]) -> list[float]:
+    """Each benchmark answer's own score (1.0 right, 0.0 wrong)."""
+    return [score_item(e.task, r, e.answer) for e, r in zip(examples, responses, strict=True)]
+
+
+def subset_accuracy(examples: Sequence[Example], scores: Sequence[float], keep: set[str]) -> dict[str, float]:
+    """Per-benchmark accuracy over the examples whose id is in ``keep``."""
+    out: dict[str, float] = {}
+    for b in BENCHES:
+        xs = [s for e, s in zip(examples, scores, strict=True) if e.task == b and e.id in keep]
+        if xs:
+            out[b] = sum(xs) / len(xs)
+    return out
+
+
 def evaluate_student(
     model,
     split_examples: Sequence[Example],
@@ -38,12 +53,19 @@ def evaluate_student(
     max_new_tokens: int,
     batch_size: int,
     name: str,
+    heard_right: dict | None = None,
 ) -> dict:
-    """S/T per benchmark, Avg. Drop vs the teacher, audio-only accuracy and ASR WER for one split."""
+    """S/T per benchmark, Avg. Drop vs the teacher, audio-only accuracy and ASR WER for one split.
+
+    ``heard_right`` (``{"ids": ids of the questions the front end heard exactly, "teacher": the teacher's
+    accuracy on them}``) adds the same Avg. Drop over those questions only: the gap that is left when
+    hearing errors, which no training of the LM can undo, are taken out."""
     bench = [e for e in split_examples if e.task in BENCHES]
     audio = [e for e in split_examples if e.task in ("audio_only", "asr")]
-    s = score_view(model, bench + audio, "S", max_new_tokens, batch_size, f"{name} S")
-    t = score_view(model, bench, "T", max_new_tokens, batch_size, f"{name} T")
+    resp_s = generate(model, bench + audio, "S", max_new_tokens, batch_size, progress=True, desc=f"{name} S") \
+        if bench or audio else []
+    resp_t = generate(model, bench, "T", max_new_tokens, batch_size, progress=True, desc=f"{name} T") if bench else []
+    s, t = score_responses(bench + audio, resp_s), score_responses(bench, resp_t)
     out: dict = {
         b: {"S": s.get(b, 0.0), "T": t.get(b, 0.0)} for b in BENCHES if any(e.task == b for e in bench)
     }
@@ -54,6 +76,13 @@ def evaluate_student(
         out["audio_only_acc"] = s["audio_only"]
     if "asr_wer" in s:
         out["asr_wer"] = s["asr_wer"]
+    if heard_right is not None and bench:
+        ids, base = heard_right["ids"], heard_right["teacher"]
+        s_sub = subset_accuracy(bench, item_scores(bench, resp_s[: len(bench)]), ids)
+        t_sub = subset_accuracy(bench, item_scores(bench, resp_t), ids)
+        out["heard_right"] = {"avg_drop_S": avg_drop(base, s_sub, present),
+                              "avg_drop_T": avg_drop(base, t_sub, present),
+                              "n": sum(e.id in ids for e in bench)}
     return out
 
 
@@ -116,14 +145,18 @@ def evaluate_world(
     ``hearing`` and ``cascade`` per split when a student has a CTC front end (the first such student's:
     training never changes a frozen front end)."""
     teacher = load_teacher(teacher_dir)
-    teacher_by_split = {}
+    teacher_by_split, teacher_items = {}, {}
     for sp in EVAL_SPLITS:
         bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
-        sc = score_view(teacher, bench, "T", max_new_tokens, batch_size, f"teacher {sp}")
+        resp = generate(teacher, bench, "T", max_new_tokens, batch_size, progress=True, desc=f"teacher {sp}") \
+            if bench else []
+        sc = score_responses(bench, resp)
         teacher_by_split[sp] = {b: {"T": sc[b]} for b in BENCHES if b in sc}
+        teacher_items[sp] = item_scores(bench, resp)
     models: dict = {}
     hearing: dict = {}
     cascade: dict = {}
+    heard_right: dict = {}  # split -> ids of the questions the front end heard exactly, and the teacher on them
     for name, path in students.items():
         model = load_student(path).eval()
         model.requires_grad_(False)  # evaluation only: no autograd graphs, and a frozen tower's cache applies
@@ -138,11 +171,13 @@ def evaluate_world(
                     hearing[sp] = {**hearing_report(bench, heard), "front_end_of": name,
                                    "examples": [{"said": e.text, "heard": h} for e, h in zip(bench[:3], heard)]}
                     cascade[sp] = cascade_scores(teacher, bench, heard, max_new_tokens, batch_size, f"cascade {sp}")
+                    ids = {e.id for e, h in zip(bench, heard) if normalize_text(e.text) == normalize_text(h)}
+                    heard_right[sp] = {"ids": ids, "teacher": subset_accuracy(bench, teacher_items[sp], ids)}
         models[name] = {}
         for sp in EVAL_SPLITS:
             base = {b: v["T"] for b, v in teacher_by_split[sp].items()}
             models[name][sp] = evaluate_student(
-                model, splits.get(sp, []), base, max_new_tokens, batch_size, f"{name} {sp}"
+                model, splits.get(sp, []), base, max_new_tokens, batch_size, f"{name} {sp}", heard_right.get(sp)
             )
     out = {"teacher": teacher_by_split["test"], "teacher_by_split": teacher_by_split, "models": models}
     if hearing:

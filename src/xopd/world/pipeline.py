@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from xopd.training.config import TrainConfig
 from xopd.world.config import DemoConfig
 from xopd.world.data import by_task
 from xopd.world.stages import (
@@ -35,6 +36,7 @@ from xopd.world.stages import (
     World,
     encoder_cache_file,
     final_model,
+    in_stage_process,
     log,
     peak_rss_mb,
     prepare_world,
@@ -43,6 +45,12 @@ from xopd.world.stages import (
     xopd_pool,
 )
 from xopd.world.tasks import BENCHES
+
+
+def _train(cfg: TrainConfig, examples: list, replay: list) -> None:
+    from xopd.training.trainer import train as run_train
+
+    run_train(cfg, examples=examples, replay=replay)
 
 
 def _run_xopd(cfg: DemoConfig, world: World, loss: str, x_dir: Path, cache: StageCache) -> Path:
@@ -58,8 +66,6 @@ def _run_xopd(cfg: DemoConfig, world: World, loss: str, x_dir: Path, cache: Stag
         return student_x
     log(f"stage {stage}: cross-modal on-policy distillation from the stage-1 student (loss {loss})")
     shutil.rmtree(x_dir, ignore_errors=True)
-    from xopd.training.trainer import train as run_train
-
     x_cfg = train_cfg(
         x_dir,
         algo="xopd",
@@ -80,8 +86,8 @@ def _run_xopd(cfg: DemoConfig, world: World, loss: str, x_dir: Path, cache: Stag
         encoder_cache_file=encoder_cache_file(world.root),
     )
     # X-OPD needs prompts, not references: its pool is spoken questions stage 1 never trained on
-    run_train(x_cfg, examples=by_task(xopd_pool(world), *BENCHES),
-              replay=by_task(world.split["train"], *REHEARSAL_TASKS))
+    in_stage_process(cfg, stage, _train, x_cfg, by_task(xopd_pool(world), *BENCHES),
+                     by_task(world.split["train"], *REHEARSAL_TASKS))
     cache.mark(stage, x_key, {"student": str(student_x)})
     return student_x
 
@@ -109,15 +115,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     from xopd.world.evaluate import evaluate_world
 
-    results = evaluate_world(
-        teacher_dir,
-        students,
-        split,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.eval_batch,
-        cache_dtype=CACHE_DTYPE,
-        cache_file=encoder_cache_file(root),
-    )
+    results = in_stage_process(
+        cfg, "eval", evaluate_world, teacher_dir, students, split, cfg.max_new_tokens, cfg.eval_batch,
+        CACHE_DTYPE, encoder_cache_file(root))
     seconds["eval"] = time.perf_counter() - t0
     rss["eval"] = peak_rss_mb()
 

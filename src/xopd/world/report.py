@@ -28,22 +28,26 @@ def _drop(x: float | None) -> str:
 def table_md(report: dict, split: str) -> str:
     """One split as a Markdown table: rows = models, columns = S/T per benchmark, dS, dT, forgetting."""
     teacher = report["teacher_by_split"].get(split, {})
+    # dS over the questions the front end heard exactly: the gap left without hearing errors
+    heard = any("heard_right" in m.get(split, {}) for m in report["models"].values())
     head = (
-        ["model"] + [f"{b} {v}" for b in BENCHES for v in ("S", "T")] + ["dS", "dT", "audio-only", "ASR WER"]
+        ["model"] + [f"{b} {v}" for b in BENCHES for v in ("S", "T")] + ["dS", "dT"]
+        + (["dS heard right"] if heard else []) + ["audio-only", "ASR WER"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append(
         "| teacher (text) | "
         + " | ".join(f"— | {_pct(teacher.get(b, {}).get('T'))}" for b in BENCHES)
-        + " | — | — | — | — |"
+        + " | — | — |" + (" — |" if heard else "") + " — | — |"
     )
     for name, per_split in report["models"].items():
         r = per_split.get(split, {})
         cells = [f"{_pct(r.get(b, {}).get('S'))} | {_pct(r.get(b, {}).get('T'))}" for b in BENCHES]
         wer = r.get("asr_wer")
+        hr = f" {_drop(r.get('heard_right', {}).get('avg_drop_S'))} |" if heard else ""
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {_drop(r.get('avg_drop_S'))} | "
-            f"{_drop(r.get('avg_drop_T'))} | {_pct(r.get('audio_only_acc'))} | "
+            f"{_drop(r.get('avg_drop_T'))} |{hr} {_pct(r.get('audio_only_acc'))} | "
             f"{'—' if wer is None else f'{wer:.3f}'} |"
         )
     return "\n".join(lines)
@@ -70,7 +74,9 @@ def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None
     parts = [
         "# xopd demo: the modality gap and X-OPD closing it (mini world)\n",
         "Accuracy in %, Avg. Drop dS/dT in % against the text teacher on the same split "
-        "(docs/DESIGN.md section 4). audio-only = forgetting probe (S only); ASR scored by WER.\n",
+        "(docs/DESIGN.md section 4). audio-only = forgetting probe (S only); ASR scored by WER. "
+        "dS heard right = dS over the questions the front end heard exactly (hearing errors, which "
+        "no training of the LM can undo, taken out).\n",
     ]
     for split, title in (
         ("test", "Test (in-distribution voices)"),

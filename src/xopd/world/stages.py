@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from xopd.data.manifest import read_manifest
 from xopd.errors import XopdError
 from xopd.training.config import TrainConfig
 from xopd.utils.io import atomic_write_text
+from xopd.utils.isolate import peak_rss_mb, run_isolated
 from xopd.world.config import TEACHER_KIND_WEIGHTS, DemoConfig
 from xopd.world.data import WorldSizes, build_world_data, by_task, prompt_asr_rows, text_only_rows
 from xopd.world.tasks import BENCHES
@@ -49,9 +50,13 @@ class StageCache:
         atomic_write_text(self.root / stage / "stage.json", json.dumps({**info, "key": key}, indent=2))
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set so far, in MB (Linux reports ru_maxrss in KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def in_stage_process(cfg: DemoConfig, name: str, fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` in a fresh process when ``cfg.isolate`` (memory a stage touched goes back to the OS
+    when it ends; see :mod:`xopd.utils.isolate`), else in this one. The result is the same either way:
+    every stage reads its inputs from disk and seeds itself."""
+    if cfg.isolate:
+        return run_isolated(f"stage {name}", fn, *args, threads=cfg.threads)
+    return fn(*args)
 
 
 def log(msg: str) -> None:
@@ -166,6 +171,51 @@ def _ctc_stage(cfg: DemoConfig, root: Path, split: dict[str, list], init: Path, 
     return final_model(root / "hearing" / "ctc", cfg.ctc_steps)
 
 
+def _stage1(cfg: DemoConfig, root: Path, train: list, teacher_dir: Path, hearing_dir: Path | None) -> None:
+    """Stage 1: compose the student, align it on speech (ASR + audio-only, text rows mixed in), then a
+    limited budget of spoken-instruction SFT; the model lands at ``final_model(root/stage1/sft, ...)``."""
+    s1_dir = root / "stage1"
+    shutil.rmtree(s1_dir, ignore_errors=True)
+    init = build_student(cfg, teacher_dir, s1_dir / "init", hearing_dir)
+    from xopd.training.trainer import train as run_train
+
+    common = dict(
+        algo="sft",
+        sft_view="S",
+        batch_size=cfg.stage1_batch,
+        micro_batch_size=cfg.stage1_batch,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        train_projector=True,
+        train_encoder=cfg.encoder == "scratch" and cfg.front_end != "ctc",
+        lr_scheduler="cosine",
+        label_smoothing=cfg.stage1_label_smoothing,
+        encoder_cache_file=encoder_cache_file(root),
+    )
+    align_cfg = train_cfg(
+        s1_dir / "align",
+        student_path=str(init),
+        max_steps=cfg.align_steps,
+        lr=cfg.align_lr,
+        warmup_steps=max(1, cfg.align_steps // 10),
+        **common,
+    )
+    spoken_q = by_task(train, *BENCHES)
+    text_rows = text_only_rows(spoken_q) if cfg.text_replay else []
+    asr_rows = prompt_asr_rows(spoken_q) if cfg.align_prompt_asr else []
+    run_train(align_cfg, examples=by_task(train, *REHEARSAL_TASKS) + asr_rows + text_rows)
+    sft_cfg = train_cfg(
+        s1_dir / "sft",
+        student_path=str(final_model(s1_dir / "align", cfg.align_steps)),
+        max_steps=cfg.sft_steps,
+        lr=cfg.sft_lr,
+        warmup_steps=max(1, cfg.sft_steps // 10),
+        **common,
+    )
+    run_train(sft_cfg, examples=train + text_rows)
+
+
 def prepare_world(cfg: DemoConfig) -> World:
     """Stages data, teacher, hearing and stage 1, each reused when its inputs are unchanged."""
     import torch
@@ -251,6 +301,12 @@ def prepare_world(cfg: DemoConfig) -> World:
             seconds["hearing"] = time.perf_counter() - t0
     torch.set_num_threads(cfg.threads)
     rss["teacher"] = peak_rss_mb()
+    if cfg.isolate:  # later stages run in processes of their own and load the encoded clips from the file
+        from xopd.models.encoder_cache import clear_shared_encoder_caches
+        from xopd.utils.heap import trim_heap
+
+        clear_shared_encoder_caches()
+        trim_heap()
     teacher_key = stage_hash({"teacher": (teacher_dir / MARKER).read_text()})  # changes whenever it is retrained
 
     # 4. stage 1 ----------------------------------------------------------------------------------
@@ -268,45 +324,7 @@ def prepare_world(cfg: DemoConfig) -> World:
     student1 = final_model(s1_dir / "sft", cfg.sft_steps)
     if not cache.done("stage1", s1_key):
         log("stage stage1: speech alignment (ASR + audio-only), then limited spoken-instruction SFT")
-        shutil.rmtree(s1_dir, ignore_errors=True)
-        init = build_student(cfg, teacher_dir, s1_dir / "init", hearing_dir)
-        from xopd.training.trainer import train as run_train
-
-        common = dict(
-            algo="sft",
-            sft_view="S",
-            batch_size=cfg.stage1_batch,
-            micro_batch_size=cfg.stage1_batch,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=cfg.seed,
-            threads=cfg.threads,
-            train_projector=True,
-            train_encoder=cfg.encoder == "scratch" and cfg.front_end != "ctc",
-            lr_scheduler="cosine",
-            label_smoothing=cfg.stage1_label_smoothing,
-            encoder_cache_file=encoder_cache_file(root),
-        )
-        align_cfg = train_cfg(
-            s1_dir / "align",
-            student_path=str(init),
-            max_steps=cfg.align_steps,
-            lr=cfg.align_lr,
-            warmup_steps=max(1, cfg.align_steps // 10),
-            **common,
-        )
-        spoken_q = by_task(train, *BENCHES)
-        text_rows = text_only_rows(spoken_q) if cfg.text_replay else []
-        asr_rows = prompt_asr_rows(spoken_q) if cfg.align_prompt_asr else []
-        run_train(align_cfg, examples=by_task(train, *REHEARSAL_TASKS) + asr_rows + text_rows)
-        sft_cfg = train_cfg(
-            s1_dir / "sft",
-            student_path=str(final_model(s1_dir / "align", cfg.align_steps)),
-            max_steps=cfg.sft_steps,
-            lr=cfg.sft_lr,
-            warmup_steps=max(1, cfg.sft_steps // 10),
-            **common,
-        )
-        run_train(sft_cfg, examples=train + text_rows)
+        in_stage_process(cfg, "stage1", _stage1, cfg, root, train, teacher_dir, hearing_dir)
         cache.mark("stage1", s1_key, {"student": str(student1)})
     seconds["stage1"] = time.perf_counter() - t0
     rss["stage1"] = peak_rss_mb()

@@ -10,9 +10,26 @@ from xopd.cli import main
 
 
 @pytest.mark.timeout(900)
-def test_quick_reproduce_report_schema(tmp_path):
+def test_quick_reproduce_report_schema(tmp_path, monkeypatch):
+    import xopd.world.evaluate as ev
+
+    calls = {"load_teacher": 0, "hear_examples": 0}
+
+    def counted(name):
+        real = getattr(ev, name)
+
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return real(*a, **k)
+        monkeypatch.setattr(ev, name, wrapper)
+
+    counted("load_teacher")
+    counted("hear_examples")
     out, world = tmp_path / "rep", tmp_path / "world"
     assert main(["reproduce", "--quick", "--output_dir", str(out), "--world_dir", str(world), "--threads", "1"]) == 0
+    # nine students evaluated (base + 4 rows x 2 seeds); the teacher's answers and the front end's hearing
+    # of test and held-out once (the world's stages ran in processes of their own, unseen by the counters)
+    assert calls == {"load_teacher": 1, "hear_examples": 2}
     rep = json.loads((out / "report.json").read_text())
     assert rep["seeds"] == [0, 1]
     assert set(rep["rows"]) == {"student_base", "sft", "sft_teacher_style", "xopd_l05", "sft_equal_compute"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from xopd.data.manifest import Example
@@ -132,6 +132,45 @@ def cascade_scores(teacher, examples: Sequence[Example], heard: Sequence[str], m
     return {b: {"front_end": s_fe[b], "reference": s_ref[b]} for b in BENCHES if b in s_fe}
 
 
+@dataclass
+class Reference:
+    """What every student of one evaluation is compared with, computed once per evaluation set: the
+    teacher on T per split (per question too), and what the students' shared frozen front end hears
+    (``hearing``, ``cascade``, and the questions it heard exactly). Pass the same object to several
+    :func:`evaluate_world` calls (``xopd reproduce``: one per row and seed) to compute it once."""
+
+    teacher_by_split: dict = field(default_factory=dict)
+    teacher_items: dict = field(default_factory=dict)  # split -> per-question teacher scores
+    hearing: dict = field(default_factory=dict)
+    cascade: dict = field(default_factory=dict)
+    heard_right: dict = field(default_factory=dict)  # split -> {"ids": heard exactly, "teacher": acc on them}
+
+
+def _teacher_reference(ref: Reference, teacher, splits: dict[str, list[Example]], max_new_tokens: int,
+                       batch_size: int) -> None:
+    for sp in EVAL_SPLITS:
+        bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
+        resp = generate(teacher, bench, "T", max_new_tokens, batch_size, progress=True, desc=f"teacher {sp}") \
+            if bench else []
+        sc = score_responses(bench, resp)
+        ref.teacher_by_split[sp] = {b: {"T": sc[b]} for b in BENCHES if b in sc}
+        ref.teacher_items[sp] = item_scores(bench, resp)
+
+
+def _hearing_reference(ref: Reference, teacher, model, name: str, splits: dict[str, list[Example]],
+                       max_new_tokens: int, batch_size: int) -> None:
+    for sp in EVAL_SPLITS:
+        bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
+        if not bench:
+            continue
+        heard = hear_examples(model, bench)
+        ref.hearing[sp] = {**hearing_report(bench, heard), "front_end_of": name,
+                           "examples": [{"said": e.text, "heard": h} for e, h in zip(bench[:3], heard)]}
+        ref.cascade[sp] = cascade_scores(teacher, bench, heard, max_new_tokens, batch_size, f"cascade {sp}")
+        ids = {e.id for e, h in zip(bench, heard) if normalize_text(e.text) == normalize_text(h)}
+        ref.heard_right[sp] = {"ids": ids, "teacher": subset_accuracy(bench, ref.teacher_items[sp], ids)}
+
+
 def evaluate_world(
     teacher_dir: str | Path,
     students: dict[str, str | Path],
@@ -140,46 +179,34 @@ def evaluate_world(
     batch_size: int = 64,
     cache_dtype: str | None = None,
     cache_file: str | None = None,
+    reference: Reference | None = None,
 ) -> dict:
     """``{"teacher": {BENCH: {"T"}}, "teacher_by_split": ..., "models": {name: {split: ...}}}``, plus
     ``hearing`` and ``cascade`` per split when a student has a CTC front end (the first such student's:
-    training never changes a frozen front end)."""
-    teacher = load_teacher(teacher_dir)
-    teacher_by_split, teacher_items = {}, {}
-    for sp in EVAL_SPLITS:
-        bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
-        resp = generate(teacher, bench, "T", max_new_tokens, batch_size, progress=True, desc=f"teacher {sp}") \
-            if bench else []
-        sc = score_responses(bench, resp)
-        teacher_by_split[sp] = {b: {"T": sc[b]} for b in BENCHES if b in sc}
-        teacher_items[sp] = item_scores(bench, resp)
+    training never changes a frozen front end). ``reference``: reuse (and fill what it lacks) the teacher's
+    scores and the hearing of an earlier call on the same ``splits``."""
+    ref = reference if reference is not None else Reference()
+    teacher = None
+    if not ref.teacher_by_split:
+        teacher = load_teacher(teacher_dir)
+        _teacher_reference(ref, teacher, splits, max_new_tokens, batch_size)
     models: dict = {}
-    hearing: dict = {}
-    cascade: dict = {}
-    heard_right: dict = {}  # split -> ids of the questions the front end heard exactly, and the teacher on them
     for name, path in students.items():
         model = load_student(path).eval()
         model.requires_grad_(False)  # evaluation only: no autograd graphs, and a frozen tower's cache applies
         model.enable_encoder_cache(dtype=cache_dtype)
         if cache_file:
             model.load_encoder_cache(cache_file)
-        if not hearing and model.adapter is not None:
-            for sp in EVAL_SPLITS:
-                bench = [e for e in splits.get(sp, []) if e.task in BENCHES]
-                if bench:
-                    heard = hear_examples(model, bench)
-                    hearing[sp] = {**hearing_report(bench, heard), "front_end_of": name,
-                                   "examples": [{"said": e.text, "heard": h} for e, h in zip(bench[:3], heard)]}
-                    cascade[sp] = cascade_scores(teacher, bench, heard, max_new_tokens, batch_size, f"cascade {sp}")
-                    ids = {e.id for e, h in zip(bench, heard) if normalize_text(e.text) == normalize_text(h)}
-                    heard_right[sp] = {"ids": ids, "teacher": subset_accuracy(bench, teacher_items[sp], ids)}
+        if not ref.hearing and model.adapter is not None:
+            teacher = teacher if teacher is not None else load_teacher(teacher_dir)
+            _hearing_reference(ref, teacher, model, name, splits, max_new_tokens, batch_size)
         models[name] = {}
         for sp in EVAL_SPLITS:
-            base = {b: v["T"] for b, v in teacher_by_split[sp].items()}
+            base = {b: v["T"] for b, v in ref.teacher_by_split[sp].items()}
             models[name][sp] = evaluate_student(
-                model, splits.get(sp, []), base, max_new_tokens, batch_size, f"{name} {sp}", heard_right.get(sp)
+                model, splits.get(sp, []), base, max_new_tokens, batch_size, f"{name} {sp}", ref.heard_right.get(sp)
             )
-    out = {"teacher": teacher_by_split["test"], "teacher_by_split": teacher_by_split, "models": models}
-    if hearing:
-        out.update(hearing=hearing, cascade=cascade)
+    out = {"teacher": ref.teacher_by_split["test"], "teacher_by_split": ref.teacher_by_split, "models": models}
+    if ref.hearing:
+        out.update(hearing=ref.hearing, cascade=ref.cascade)
     return out

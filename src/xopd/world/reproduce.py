@@ -140,7 +140,7 @@ def paired_differences(per_row: dict[str, list[dict]], ref: str = "xopd_l05",
 
 
 def run_reproduce(cfg: ReproduceConfig) -> dict:
-    from xopd.world.evaluate import evaluate_student, evaluate_world
+    from xopd.world.evaluate import Reference, evaluate_student, evaluate_world
     from xopd.world.report import write_reproduce_report
 
     if cfg.quick:
@@ -173,6 +173,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     from xopd.models import load_teacher
     from xopd.world.evaluate import score_view
 
+    cache_file = stages.encoder_cache_file(world.root)  # every clip's frozen-tower states, encoded once
     teacher = load_teacher(world.teacher_dir)
     dev_teacher = score_view(teacher, dev, "T", cfg.max_new_tokens, cfg.eval_batch, "teacher dev")
     del teacher
@@ -211,6 +212,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
 
         m = load_student(model_dir)
         m.enable_encoder_cache(dtype=stages.CACHE_DTYPE)
+        if cache_file:
+            m.load_encoder_cache(cache_file)
         r = evaluate_student(m, dev, dev_teacher, cfg.max_new_tokens, cfg.eval_batch, "dev")
         return r["avg_drop_S"]
 
@@ -232,14 +235,19 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     eval_splits = {k: v for k, v in world.split.items() if k in ("test", "heldout")}
     per_row: dict[str, list[dict]] = {}
     costs: dict[str, list[dict]] = {}
-    base_eval = evaluate_world(world.teacher_dir, {"student_base": world.student1}, eval_splits,
-                               cfg.max_new_tokens, cfg.eval_batch, stages.CACHE_DTYPE)
+    # the teacher's answers and the front end's hearing are the same for every row: computed once
+    ref = Reference()
+
+    def evaluate(name: str, model: Path) -> dict:
+        return evaluate_world(world.teacher_dir, {name: model}, eval_splits, cfg.max_new_tokens, cfg.eval_batch,
+                              stages.CACHE_DTYPE, cache_file, reference=ref)
+
+    base_eval = evaluate("student_base", world.student1)
     per_row["student_base"] = [base_eval["models"]["student_base"]]
     for row in rows:
         for seed in seeds:
             model, cost = train_row(row, seed, sweep[row]["chosen_lr"])
-            res = evaluate_world(world.teacher_dir, {row: model}, eval_splits, cfg.max_new_tokens, cfg.eval_batch,
-                                 stages.CACHE_DTYPE)
+            res = evaluate(row, model)
             per_row.setdefault(row, []).append(res["models"][row])
             costs.setdefault(row, []).append(cost)
     equal = None
@@ -253,8 +261,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         for seed in seeds:
             model, cost = train_row("sft_teacher_style", seed, sweep["sft_teacher_style"]["chosen_lr"],
                                     steps=cfg.steps * mult, name="sft_equal_compute")
-            res = evaluate_world(world.teacher_dir, {"sft_equal_compute": model}, eval_splits, cfg.max_new_tokens,
-                                 cfg.eval_batch, stages.CACHE_DTYPE)
+            res = evaluate("sft_equal_compute", model)
             per_row.setdefault("sft_equal_compute", []).append(res["models"]["sft_equal_compute"])
             costs.setdefault("sft_equal_compute", []).append(cost)
     report = {

@@ -183,6 +183,21 @@ def test_gkd_half_lambda_draws_both_and_is_reproducible(models, tiny_world, tmp_
     assert draws == again and 10 < sum(draws) < 30
 
 
+def test_gkd_coin_under_the_trainer_depends_on_the_first_prompt_seed_only(models, tiny_world, tmp_path):
+    from xopd.generation import StepGenerator
+
+    algo, _ = _make(GKD, models, tiny_world, tmp_path)
+
+    def coin(seeds: list[int], state: int) -> bool:
+        g = StepGenerator()
+        g.manual_seed(state)  # the generator's own state plays no part
+        g.prompt_seeds = seeds
+        return algo.draw_on_policy(g)
+
+    draws = [coin([s, 99], 0) for s in range(40)]
+    assert draws == [coin([s, 5, 6], 123) for s in range(40)] and 10 < sum(draws) < 30
+
+
 def test_gkd_seq_kd_samples_the_teacher(models, tiny_world, tmp_path, monkeypatch):
     algo, examples = _make(GKD, models, tiny_world, tmp_path, gkd_lambda=0.0, gkd_seq_kd=True)
     calls = _spy_sample(monkeypatch, gkd_mod)

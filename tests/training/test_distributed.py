@@ -145,6 +145,8 @@ def test_fsdp2_without_torchrun_is_a_one_process_group(tiny_world, single, tmp_p
     [
         ("grpo", []),
         ("gkd", ["--gkd_lambda", "1.0"]),  # on-policy every micro-batch (the coin is per micro-batch)
+        # coins seeded by each micro-batch's first prompt: same on 1 or 2 ranks (off-policy: teacher samples)
+        ("gkd", ["--gkd_lambda", "0.5", "--gkd_seq_kd", "true"]),
         ("offline_kd", ["--kd_temperature", "0.8"]),  # sampled teacher responses, seeded per example
     ],
 )
@@ -155,3 +157,6 @@ def test_baselines_two_processes_match_one(algo, extra, tiny_world, tmp_path):
     assert main(_train_args(tiny_world, one, "--algo", algo, *extra)) == 0
     _torchrun(_train_args(tiny_world, two, "--algo", algo, *extra, "--distributed", "ddp"))
     _assert_matches(one, two, atol=1e-6)
+    if "0.5" in extra:  # both kinds of micro-batch occurred, and on the same steps in both runs
+        coins = [[r["on_policy"] for r in read_metrics(d / "metrics.jsonl") if "loss" in r] for d in (one, two)]
+        assert coins[0] == coins[1] and 0 < sum(coins[0]) < len(coins[0])

@@ -10,9 +10,9 @@ the paper's GKD row, ``beta=1`` reverse KL), on the vocabulary the two tokenizer
 
 Mirrored from TRL: one coin per micro-batch, not per row; the divergence runs at temperature 1 (TRL
 passes no temperature to its loss; ``temperature`` only shapes sampling); the teacher is frozen
-and detached. Differences, kept for a fair comparison with X-OPD: the coin comes from the trainer's
-seeded generator (``u < lambda``: lambda 0 never samples, 1 always; a resumed run draws the same
-coins), on-policy micro-batches sample ``n_samples`` responses per prompt like X-OPD and GRPO do,
+and detached. Differences, kept for a fair comparison with X-OPD: the coin is seeded by the
+micro-batch's first prompt (``u < lambda``: lambda 0 never samples, 1 always; a resumed or a
+2-process run draws the same coins), on-policy micro-batches sample ``n_samples`` responses per prompt like X-OPD and GRPO do,
 and per-token losses are averaged with ``agg`` like every other algorithm here.
 """
 
@@ -27,8 +27,10 @@ from xopd.algos.configs import GKDConfig, PolicyLossConfig, RolloutConfig
 from xopd.algos.sft import reference_of, tokenize_responses
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError
-from xopd.generation import response_logits
+from xopd.generation import derive_seed, response_logits
 from xopd.losses import aggregate, generalized_jsd
+
+COIN_STREAM = 0x6B6D  # the coin's own stream of a prompt seed (the rollout's samples use 0, 1, ...)
 
 
 class GKD(Algorithm):
@@ -41,7 +43,14 @@ class GKD(Algorithm):
             raise ConfigError("config: algo gkd needs a teacher (set teacher_path)")
 
     def draw_on_policy(self, generator: torch.Generator) -> bool:
-        """One coin per micro-batch from the trainer's generator: True with probability ``gkd_lambda``."""
+        """One coin per micro-batch: True with probability ``gkd_lambda``.
+
+        Under the trainer the coin is drawn from the micro-batch's first prompt seed (a function of seed,
+        step and position in the global batch), so a 2-process run draws the coins a 1-process run draws
+        for the same micro-batches and a resumed run draws them again; elsewhere from ``generator``."""
+        seeds = getattr(generator, "prompt_seeds", None)
+        if seeds:
+            generator = torch.Generator().manual_seed(derive_seed(seeds[0], COIN_STREAM))
         u = float(torch.rand(1, generator=generator))
         return u < self.cfg.gkd_lambda
 

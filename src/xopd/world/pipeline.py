@@ -53,21 +53,9 @@ def _train(cfg: TrainConfig, examples: list, replay: list) -> None:
     run_train(cfg, examples=examples, replay=replay)
 
 
-def _run_xopd(cfg: DemoConfig, world: World, loss: str, x_dir: Path, cache: StageCache) -> Path:
-    """One X-OPD run from the stage-1 student (cached by its settings); returns the final model's dir."""
-    x_key = stage_hash(
-        {k: getattr(cfg, k) for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam", "xopd_replay",
-                                      "max_new_tokens", "seed")}
-        | {"xopd_loss": loss, "s1": world.s1_key, "pool": "prompts"}
-    )
-    student_x = final_model(x_dir, cfg.xopd_steps)
-    stage = x_dir.name  # "xopd" or "xopd_<loss>"
-    if cache.done(stage, x_key):
-        return student_x
-    log(f"stage {stage}: cross-modal on-policy distillation from the stage-1 student (loss {loss})")
-    shutil.rmtree(x_dir, ignore_errors=True)
-    x_cfg = train_cfg(
-        x_dir,
+def xopd_train_cfg(cfg: DemoConfig, world: World, loss: str, x_dir: Path, **over) -> TrainConfig:
+    """The demo's X-OPD run as a ``TrainConfig`` (``over`` replaces keys; benchmarks/xopd_shared_ab.py)."""
+    kw = dict(
         algo="xopd",
         student_path=str(world.student1),
         teacher_path=str(world.teacher_dir),
@@ -85,6 +73,23 @@ def _run_xopd(cfg: DemoConfig, world: World, loss: str, x_dir: Path, cache: Stag
         replay_batch=cfg.xopd_replay,
         encoder_cache_file=encoder_cache_file(world.root),
     )
+    return train_cfg(x_dir, **{**kw, **over})
+
+
+def _run_xopd(cfg: DemoConfig, world: World, loss: str, x_dir: Path, cache: StageCache) -> Path:
+    """One X-OPD run from the stage-1 student (cached by its settings); returns the final model's dir."""
+    x_key = stage_hash(
+        {k: getattr(cfg, k) for k in ("xopd_steps", "xopd_lr", "xopd_batch", "xopd_n", "xopd_lam", "xopd_replay",
+                                      "max_new_tokens", "seed")}
+        | {"xopd_loss": loss, "s1": world.s1_key, "pool": "prompts"}
+    )
+    student_x = final_model(x_dir, cfg.xopd_steps)
+    stage = x_dir.name  # "xopd" or "xopd_<loss>"
+    if cache.done(stage, x_key):
+        return student_x
+    log(f"stage {stage}: cross-modal on-policy distillation from the stage-1 student (loss {loss})")
+    shutil.rmtree(x_dir, ignore_errors=True)
+    x_cfg = xopd_train_cfg(cfg, world, loss, x_dir)
     # X-OPD needs prompts, not references: its pool is spoken questions stage 1 never trained on
     in_stage_process(cfg, stage, _train, x_cfg, by_task(xopd_pool(world), *BENCHES),
                      by_task(world.split["train"], *REHEARSAL_TASKS))

@@ -36,7 +36,7 @@ def test_quick_reproduce_report_schema(tmp_path, monkeypatch):
     for row in ("sft", "xopd_l05"):
         for split in ("test", "heldout"):
             r = rep["rows"][row][split]
-            for key in ("avg_drop_S", "avg_drop_T", "audio_only_acc", "asr_wer"):
+            for key in ("avg_drop_S", "avg_drop_T", "audio_only_acc", "asr_wer", "heard_right_avg_drop_S"):
                 assert set(r[key]) == {"mean", "std"}
             for bench in ("reasoning", "instruct"):
                 assert set(r[bench]) == {"S", "T"} and set(r[bench]["S"]) == {"mean", "std"}
@@ -46,6 +46,7 @@ def test_quick_reproduce_report_schema(tmp_path, monkeypatch):
     assert set(rep["paired_vs_xopd_l05"]) == {"student_base", "sft", "sft_teacher_style", "sft_equal_compute"}
     assert set(rep["paired_vs_xopd_l05"]["sft"]["test"]["avg_drop_S"]) == {"mean", "std", "n", "sep"}
     assert "dS - xopd_l05 (seed-paired)" in (out / "report.md").read_text()
+    assert "dS heard right %" in (out / "report.md").read_text()
     assert rep["peak_rss_mb"] > 0
     eq = rep["equal_compute"]  # SFT for as many steps as xopd_l05's training time buys
     assert eq["row"] == "sft_equal_compute" and eq["steps"] == 2 * max(1, round(eq["time_ratio"]))

@@ -189,17 +189,18 @@ def reproduce_tables(report: dict, split: str) -> str:
     paired = report.get("paired_vs_xopd_l05") or {}
     teacher = report["teacher"].get(split, {})
     head = (["row"] + [f"{b} {v}" for b in BENCHES for v in ("S", "T")]
-            + ["dS %", "dT %", "dS - xopd_l05 (seed-paired)", "paper dS/dT %"])
+            + ["dS %", "dT %", "dS heard right %", "dS - xopd_l05 (seed-paired)", "paper dS/dT %"])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out.append("| teacher (text) | " + " | ".join(f"— | {_pct(teacher.get(b, {}).get('T'))}" for b in BENCHES)
-               + " | — | — | — | — |")
+               + " | — | — | — | — | — |")
     for name, r in rows.items():
         r = r.get(split, {})
         cells = [f"{_ms(r.get(b, {}).get('S'), 100)} | {_ms(r.get(b, {}).get('T'), 100)}" for b in BENCHES]
         ptxt = PAPER_AVG_DROP.get(name, "—")
         pd = paired.get(name, {}).get(split, {}).get("avg_drop_S")
         out.append(f"| {name} | " + " | ".join(cells) + f" | {_ms(r.get('avg_drop_S'), 1, 2)} | "
-                   f"{_ms(r.get('avg_drop_T'), 1, 2)} | {_paired(pd)} | {ptxt} |")
+                   f"{_ms(r.get('avg_drop_T'), 1, 2)} | {_ms(r.get('heard_right_avg_drop_S'), 1, 2)} | "
+                   f"{_paired(pd)} | {ptxt} |")
     return "\n".join(out)
 
 

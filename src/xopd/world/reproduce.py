@@ -105,6 +105,8 @@ def aggregate_runs(per_seed: list[dict]) -> dict:
         agg: dict = {}
         for key in ("avg_drop_S", "avg_drop_T", "audio_only_acc", "asr_wer"):
             agg[key] = _mean_std([r.get(key) for r in runs])
+        if any("heard_right" in r for r in runs):  # dS over the questions the front end heard exactly
+            agg["heard_right_avg_drop_S"] = _mean_std([r.get("heard_right", {}).get("avg_drop_S") for r in runs])
         for b in BENCHES:
             if any(b in r for r in runs):
                 agg[b] = {v: _mean_std([r[b][v] for r in runs if b in r]) for v in ("S", "T")}

@@ -27,7 +27,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "demo"
         # the cached stages, without the students this script retrains (stage 1) or never needs (X-OPD)
-        shutil.copytree(demo_dir, work, ignore=shutil.ignore_patterns("stage1", "xopd*", "report.*", "gap.png"))
+        skip = {"stage1", "report.json", "report.md", "gap.png"}
+        shutil.copytree(demo_dir, work, ignore=lambda d, names: [
+            n for n in names if Path(d) == demo_dir and (n in skip or n.startswith("xopd"))])
         print("sft_steps | split | reasoning S / T | instruct S / T | dS | dT", flush=True)
         for steps in budgets:
             cfg = replace(DemoConfig(output_dir=str(work)), sft_steps=steps)

@@ -171,6 +171,17 @@ def _hearing_reference(ref: Reference, teacher, model, name: str, splits: dict[s
         ref.heard_right[sp] = {"ids": ids, "teacher": subset_accuracy(bench, ref.teacher_items[sp], ids)}
 
 
+def load_for_eval(path: str | Path, cache_dtype: str | None = None, cache_file: str | None = None):
+    """A student ready to be evaluated: eval mode, frozen (no autograd graphs, and a frozen tower's encoder
+    cache applies: a trainable one bypasses it), its cache enabled and filled from ``cache_file``."""
+    model = load_student(path).eval()
+    model.requires_grad_(False)
+    model.enable_encoder_cache(dtype=cache_dtype)
+    if cache_file:
+        model.load_encoder_cache(cache_file)
+    return model
+
+
 def evaluate_world(
     teacher_dir: str | Path,
     students: dict[str, str | Path],
@@ -192,11 +203,7 @@ def evaluate_world(
         _teacher_reference(ref, teacher, splits, max_new_tokens, batch_size)
     models: dict = {}
     for name, path in students.items():
-        model = load_student(path).eval()
-        model.requires_grad_(False)  # evaluation only: no autograd graphs, and a frozen tower's cache applies
-        model.enable_encoder_cache(dtype=cache_dtype)
-        if cache_file:
-            model.load_encoder_cache(cache_file)
+        model = load_for_eval(path, cache_dtype, cache_file)
         if not ref.hearing and model.adapter is not None:
             teacher = teacher if teacher is not None else load_teacher(teacher_dir)
             _hearing_reference(ref, teacher, model, name, splits, max_new_tokens, batch_size)

@@ -142,7 +142,7 @@ def paired_differences(per_row: dict[str, list[dict]], ref: str = "xopd_l05",
 
 
 def run_reproduce(cfg: ReproduceConfig) -> dict:
-    from xopd.world.evaluate import Reference, evaluate_student, evaluate_world
+    from xopd.world.evaluate import Reference, evaluate_student, evaluate_world, load_for_eval
     from xopd.world.report import write_reproduce_report
 
     if cfg.quick:
@@ -210,12 +210,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         return model, cost
 
     def dev_drop(model_dir: Path) -> float:
-        from xopd.models import load_student
-
-        m = load_student(model_dir)
-        m.enable_encoder_cache(dtype=stages.CACHE_DTYPE)
-        if cache_file:
-            m.load_encoder_cache(cache_file)
+        m = load_for_eval(model_dir, stages.CACHE_DTYPE, cache_file)
         r = evaluate_student(m, dev, dev_teacher, cfg.max_new_tokens, cfg.eval_batch, "dev")
         return r["avg_drop_S"]
 
@@ -244,14 +239,17 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         return evaluate_world(world.teacher_dir, {name: model}, eval_splits, cfg.max_new_tokens, cfg.eval_batch,
                               stages.CACHE_DTYPE, cache_file, reference=ref)
 
+    def run_seeds(row: str, lr: float, steps: int | None = None, name: str | None = None) -> None:
+        name = name or row
+        for seed in seeds:
+            model, cost = train_row(row, seed, lr, steps=steps, name=name)
+            per_row.setdefault(name, []).append(evaluate(name, model)["models"][name])
+            costs.setdefault(name, []).append(cost)
+
     base_eval = evaluate("student_base", world.student1)
     per_row["student_base"] = [base_eval["models"]["student_base"]]
     for row in rows:
-        for seed in seeds:
-            model, cost = train_row(row, seed, sweep[row]["chosen_lr"])
-            res = evaluate(row, model)
-            per_row.setdefault(row, []).append(res["models"][row])
-            costs.setdefault(row, []).append(cost)
+        run_seeds(row, sweep[row]["chosen_lr"])
     equal = None
     if cfg.equal_compute and {"sft_teacher_style", "xopd_l05"} <= set(costs):
         # equal compute: SFT on the teacher's wording for as many steps as xopd_l05's training time buys
@@ -260,12 +258,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
                  / max(1e-9, _mean_std([c["seconds"] for c in costs["sft_teacher_style"]])["mean"]))
         mult = max(1, round(ratio))
         equal = {"row": "sft_equal_compute", "of": "sft_teacher_style", "time_ratio": ratio, "steps": cfg.steps * mult}
-        for seed in seeds:
-            model, cost = train_row("sft_teacher_style", seed, sweep["sft_teacher_style"]["chosen_lr"],
-                                    steps=cfg.steps * mult, name="sft_equal_compute")
-            res = evaluate("sft_equal_compute", model)
-            per_row.setdefault("sft_equal_compute", []).append(res["models"]["sft_equal_compute"])
-            costs.setdefault("sft_equal_compute", []).append(cost)
+        run_seeds("sft_teacher_style", sweep["sft_teacher_style"]["chosen_lr"], steps=cfg.steps * mult,
+                  name="sft_equal_compute")
     report = {
         "rows": {row: aggregate_runs(v) for row, v in per_row.items()},
         "paired_vs_xopd_l05": paired_differences(per_row),

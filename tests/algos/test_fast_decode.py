@@ -82,21 +82,29 @@ def test_fast_decode_with_lora_and_steps_aside_for_dropout():
         assert fast_decoder(model.lm, cache, positions) is None  # dropout: leave it to the HF forward
 
 
-def test_decode_lanes_give_the_same_rollout():
-    """With >= 2 CPU threads and per-prompt seeds, prompts are decoded in concurrent single-threaded
-    lanes; the rollout must be exactly the one-lane rollout (ragged lengths padded back together)."""
-    model = _model("llama")
-    prompts = [Prompt(text=t) for t in ("one two", "red cat dog bird", "count", "what is five plus six")]
-    batch = model.embed_prompts(prompts)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = sample(model, batch, 2, 10, row_seeds=[7, 8, 9, 10])
-        torch.set_num_threads(2)
-        two = sample(model, batch, 2, 10, row_seeds=[7, 8, 9, 10])
-        assert torch.get_num_threads() == 2  # restored after the lanes
-    finally:
-        torch.set_num_threads(threads)
-    for f in ("ids", "mask", "prompt_index", "ended"):
-        assert torch.equal(getattr(one, f), getattr(two, f)), f
-    torch.testing.assert_close(one.logprobs, two.logprobs, atol=1e-6, rtol=0)
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_matches_f_linear_both_ways(monkeypatch, bias):
+    """The decode step's linear (oneDNN-packed on CPU, pre-transposed dense where switched off) is
+    ``F.linear`` up to float rounding, with and without bias."""
+    from xopd.generation.fast_decode import _Linear
+
+    torch.manual_seed(0)
+    w, b, x = torch.randn(48, 32), torch.randn(48) if bias else None, torch.randn(5, 32)
+    ref = torch.nn.functional.linear(x, w, b)
+    packed = _Linear(w, b)
+    assert packed.onednn == torch.backends.mkldnn.is_available()
+    torch.testing.assert_close(packed(x), ref, atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv("XOPD_DECODE_ONEDNN", "0")
+    dense = _Linear(w, b)
+    assert not dense.onednn
+    torch.testing.assert_close(dense(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_decode_without_onednn_matches_hf(monkeypatch):
+    monkeypatch.setenv("XOPD_DECODE_ONEDNN", "0")
+    model = _model("qwen2")
+    batch = model.embed_prompts([Prompt(text="what is two plus three"), Prompt(text="count")])
+    ref = sample(model, batch, 2, 10, row_seeds=[1, 2], static_cache=False)
+    fast = sample(model, batch, 2, 10, row_seeds=[1, 2])
+    assert torch.equal(ref.ids, fast.ids)
+    torch.testing.assert_close(ref.logprobs, fast.logprobs, atol=2e-5, rtol=0)

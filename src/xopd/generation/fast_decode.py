@@ -8,6 +8,11 @@ pre-transposed weight. This module runs the same math with
   * the KV cache preallocated (it reuses the ``StaticCache`` tensors the HF prefill filled),
   * rotary cos/sin for every decode position computed once, before the loop,
   * attention only over the slots written so far (a strided view of the cache).
+On CPU the weights are packed once per rollout into oneDNN's blocked layout (``Tensor.to_mkldnn``,
+what ``torch.utils.mkldnn`` does for inference modules) and multiplied with ``mkldnn_linear``: on a
+few rows against weights that no longer sit in cache, that kernel is 1.3-2x faster than MKL's
+``x @ w`` (measured here: 16 rows x 384 -> 1152, 2 threads, 198 -> 132 us). Elsewhere (GPU, other
+dtypes, a torch without oneDNN, ``XOPD_DECODE_ONEDNN=0``) it multiplies against pre-transposed weights.
 Norms, rotary tables and activations are the model's own modules, so variants (rope scaling, eps,
 activation) stay exact; the logits agree with the HF forward to float rounding (tested).
 
@@ -17,6 +22,8 @@ windows, logit soft-capping) makes :func:`fast_decoder` return None and the call
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +111,38 @@ def _norm(module: nn.Module):
     return module
 
 
+def _onednn_ok(w: torch.Tensor) -> bool:
+    """Pack for oneDNN: CPU, fp32, a torch built with it, and not switched off by ``XOPD_DECODE_ONEDNN=0``."""
+    return (
+        w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and os.environ.get("XOPD_DECODE_ONEDNN", "1") != "0"
+    )
+
+
+class _Linear:
+    """``y = x @ w.T + b`` for a fixed ``w [out, in]``, packed once for the decode loop.
+
+    oneDNN blocked weights where :func:`_onednn_ok` holds, else a pre-transposed dense copy
+    (``addmm`` against ``[in, out]`` beats ``F.linear`` on a few rows).
+    """
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+        w, b = w.detach(), b.detach() if b is not None else None
+        self.onednn = _onednn_ok(w)
+        if self.onednn:
+            self.w = w.contiguous().to_mkldnn()
+            self.b = b.contiguous().to_mkldnn() if b is not None else None
+        else:
+            self.w, self.b = w.t().contiguous(), b
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn:
+            return torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.w, self.b).to_dense()
+        return torch.addmm(self.b, x, self.w) if self.b is not None else x @ self.w
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -137,29 +176,24 @@ class FastDecoder:
                         "ln2": _norm(layer.post_attention_layernorm),
                         "q_norm": _norm(att.q_norm) if getattr(att, "q_norm", None) is not None else None,
                         "k_norm": _norm(att.k_norm) if getattr(att, "k_norm", None) is not None else None,
-                        "wqkv": torch.cat([_weight(att.q_proj), _weight(att.k_proj), _weight(att.v_proj)])
-                        .t()
-                        .contiguous(),
-                        "bqkv": _cat_bias(att.q_proj, att.k_proj, att.v_proj),
-                        "wo": _weight(att.o_proj).t().contiguous(),
-                        "bo": _bias(att.o_proj),
-                        "wgu": torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)]).t().contiguous(),
-                        "bgu": _cat_bias(mlp.gate_proj, mlp.up_proj),
-                        "wd": _weight(mlp.down_proj).t().contiguous(),
-                        "bd": _bias(mlp.down_proj),
+                        "qkv": _Linear(
+                            torch.cat([_weight(att.q_proj), _weight(att.k_proj), _weight(att.v_proj)]),
+                            _cat_bias(att.q_proj, att.k_proj, att.v_proj),
+                        ),
+                        "o": _Linear(_weight(att.o_proj), _bias(att.o_proj)),
+                        "gu": _Linear(
+                            torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)]),
+                            _cat_bias(mlp.gate_proj, mlp.up_proj),
+                        ),
+                        "d": _Linear(_weight(mlp.down_proj), _bias(mlp.down_proj)),
                         "act": mlp.act_fn,
                     }
                 )
             self.norm = _norm(base.norm)
-            self.w_lm = lm.lm_head.weight.t().contiguous()
-            self.b_lm = lm.lm_head.bias
-            dummy = self.w_lm.new_zeros(1, 1, 1)
+            self.lm_head = _Linear(lm.lm_head.weight, lm.lm_head.bias)
+            dummy = lm.lm_head.weight.new_zeros(1, 1, 1)
             cos, sin = base.rotary_emb(dummy, positions)  # [B, steps, hd]
         self.cos, self.sin = cos[:, :, None, :], sin[:, :, None, :]  # [B, steps, 1, hd]
-
-    @staticmethod
-    def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        return torch.addmm(b, x, w) if b is not None else x @ w
 
     @torch.no_grad()
     def step(self, emb: torch.Tensor, t: int, slot: int, mask: torch.Tensor) -> torch.Tensor:
@@ -171,7 +205,7 @@ class FastDecoder:
         x = emb
         for i, p in enumerate(self.layers):
             y = p["ln1"](x)
-            qkv = self._mm(y, p["wqkv"], p["bqkv"]).view(b, h + 2 * kv, hd)
+            qkv = p["qkv"](y).view(b, h + 2 * kv, hd)
             v = qkv[:, h + kv :]
             if p["q_norm"] is not None:
                 qk = _rotate(
@@ -186,12 +220,12 @@ class FastDecoder:
             att = F.scaled_dot_product_attention(
                 q[:, :, None], keys, values, attn_mask=mask, scale=self.scale, enable_gqa=h != kv
             )
-            x = x + self._mm(att.reshape(b, h * hd), p["wo"], p["bo"])
+            x = x + p["o"](att.reshape(b, h * hd))
             y = p["ln2"](x)
-            gu = self._mm(y, p["wgu"], p["bgu"])
+            gu = p["gu"](y)
             half = gu.shape[-1] // 2
-            x = x + self._mm(p["act"](gu[:, :half]) * gu[:, half:], p["wd"], p["bd"])
-        return self._mm(self.norm(x), self.w_lm, self.b_lm)
+            x = x + p["d"](p["act"](gu[:, :half]) * gu[:, half:])
+        return self.lm_head(self.norm(x))
 
 
 def fast_decoder(lm: nn.Module, cache, positions: torch.Tensor) -> FastDecoder | None:

@@ -4,12 +4,15 @@
 
 "before" = HF forward with a dynamic KV cache (torch.cat per step, masks rebuilt per step: what
 ``sample`` did originally); "static" = preallocated cache + ready-made 4-D masks; "fast" = static
-cache + the fused Llama decode step (the default). Prints median wall and CPU seconds per rollout.
+cache + the fused Llama decode step with dense pre-transposed weights (``XOPD_DECODE_ONEDNN=0``);
+"fast" = the same step against oneDNN-packed weights (the default on CPU). Prints median wall and
+CPU seconds per rollout.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -24,6 +27,7 @@ from xopd.models import load_student
 VARIANTS = {
     "before": dict(static_cache=False, fast_decode=False),
     "static": dict(fast_decode=False),
+    "dense": {},
     "fast": {},
 }
 
@@ -43,6 +47,7 @@ def main() -> None:
         res: dict[str, list[tuple[float, float]]] = {k: [] for k in VARIANTS}
         for _ in range(args.reps):  # interleaved, so machine load hits every variant alike
             for name, kw in VARIANTS.items():
+                os.environ["XOPD_DECODE_ONEDNN"] = "0" if name == "dense" else "1"
                 t, c = time.perf_counter(), time.process_time()
                 sample(student, batch, 1, 48, row_seeds=list(range(len(world.prompts))), **kw)
                 res[name].append((time.perf_counter() - t, time.process_time() - c))

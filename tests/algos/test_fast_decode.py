@@ -82,6 +82,32 @@ def test_fast_decode_with_lora_and_steps_aside_for_dropout():
         assert fast_decoder(model.lm, cache, positions) is None  # dropout: leave it to the HF forward
 
 
+def test_decode_lanes_give_the_same_rollout():
+    """With >= 2 CPU threads, per-prompt seeds and >= LANE_MIN_ROWS rows a lane, prompts are decoded in
+    concurrent single-threaded lanes; the rollout must be exactly the one-lane rollout (ragged
+    lengths padded back together)."""
+    from xopd.generation import sampling
+
+    model = _model("llama")
+    prompts = [Prompt(text=t) for t in ("one two", "red cat dog bird", "count", "what is five plus six")]
+    batch = model.embed_prompts(prompts)
+    n = 2 * sampling.LANE_MIN_ROWS // len(prompts)  # two lanes of exactly LANE_MIN_ROWS rows
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sample(model, batch, n, 10, row_seeds=[7, 8, 9, 10])
+        torch.set_num_threads(2)
+        assert sampling._lanes(model, batch, n, [7, 8, 9, 10], 1.0, 0) == 2
+        assert sampling._lanes(model, batch, n - 1, [7, 8, 9, 10], 1.0, 0) == 1  # too few rows a lane
+        two = sample(model, batch, n, 10, row_seeds=[7, 8, 9, 10])
+        assert torch.get_num_threads() == 2  # restored after the lanes
+    finally:
+        torch.set_num_threads(threads)
+    for f in ("ids", "mask", "prompt_index", "ended"):
+        assert torch.equal(getattr(one, f), getattr(two, f)), f
+    torch.testing.assert_close(one.logprobs, two.logprobs, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_linear_matches_f_linear_both_ways(monkeypatch, bias):
     """The decode step's linear (oneDNN-packed on CPU, pre-transposed dense where switched off) is
@@ -100,11 +126,28 @@ def test_packed_linear_matches_f_linear_both_ways(monkeypatch, bias):
     torch.testing.assert_close(dense(x), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_decode_without_onednn_matches_hf(monkeypatch):
-    monkeypatch.setenv("XOPD_DECODE_ONEDNN", "0")
+def test_fast_decode_with_onednn_packing_matches_hf(monkeypatch):
+    """Packing is for big models only; forced on for a tiny one, the rollout is still HF's."""
+    from xopd.generation import fast_decode
+
+    monkeypatch.setattr(fast_decode, "ONEDNN_MIN_PARAMS", 0)
     model = _model("qwen2")
     batch = model.embed_prompts([Prompt(text="what is two plus three"), Prompt(text="count")])
     ref = sample(model, batch, 2, 10, row_seeds=[1, 2], static_cache=False)
     fast = sample(model, batch, 2, 10, row_seeds=[1, 2])
     assert torch.equal(ref.ids, fast.ids)
     torch.testing.assert_close(ref.logprobs, fast.logprobs, atol=2e-5, rtol=0)
+
+
+def test_onednn_packing_only_for_models_whose_weights_leave_the_cache():
+    from xopd.generation.fast_decode import ONEDNN_MIN_PARAMS, _Linear
+
+    w = torch.randn(8, 4)
+    assert not _Linear(w, None, params=ONEDNN_MIN_PARAMS - 1).onednn
+    assert _Linear(w, None, params=ONEDNN_MIN_PARAMS).onednn == torch.backends.mkldnn.is_available()
+    model = _model("llama")  # tiny: decodes against dense weights
+    batch = model.embed_prompts([Prompt(text="count")])
+    with torch.no_grad():
+        cache = make_static_cache(model, 1, 16)
+        model.forward_embeds(batch.embeds, batch.attention_mask, cache=cache, use_cache=True)
+        assert not fast_decoder(model.lm, cache, torch.zeros(1, 4, dtype=torch.long)).onednn

@@ -8,11 +8,14 @@ pre-transposed weight. This module runs the same math with
   * the KV cache preallocated (it reuses the ``StaticCache`` tensors the HF prefill filled),
   * rotary cos/sin for every decode position computed once, before the loop,
   * attention only over the slots written so far (a strided view of the cache).
-On CPU the weights are packed once per rollout into oneDNN's blocked layout (``Tensor.to_mkldnn``,
-what ``torch.utils.mkldnn`` does for inference modules) and multiplied with ``mkldnn_linear``: on a
-few rows against weights that no longer sit in cache, that kernel is 1.3-2x faster than MKL's
-``x @ w`` (measured here: 16 rows x 384 -> 1152, 2 threads, 198 -> 132 us). Elsewhere (GPU, other
-dtypes, a torch without oneDNN, ``XOPD_DECODE_ONEDNN=0``) it multiplies against pre-transposed weights.
+On CPU, for models whose weights do not fit in cache (>= ``ONEDNN_MIN_PARAMS``), the weights are
+packed once per rollout into oneDNN's blocked layout (``Tensor.to_mkldnn``, what ``torch.utils.mkldnn``
+does for inference modules) and multiplied with ``mkldnn_linear``: on a few rows against weights that
+stream from memory that kernel is 1.3-2x faster than MKL's ``x @ w`` (measured on a 2-core AMD EPYC:
+16 rows x 384 -> 1152, 2 threads, 198 -> 132 us; the bench's M rollout 533 -> 381 ms). For small
+models, whose weights stay in cache, its per-call conversions cost more than it saves (the bench's S
+rollout: 69 -> 90 ms), so they, like GPUs, other dtypes, a torch without oneDNN and
+``XOPD_DECODE_ONEDNN=0``, multiply against pre-transposed dense weights.
 Norms, rotary tables and activations are the model's own modules, so variants (rope scaling, eps,
 activation) stay exact; the logits agree with the HF forward to float rounding (tested).
 
@@ -111,10 +114,17 @@ def _norm(module: nn.Module):
     return module
 
 
-def _onednn_ok(w: torch.Tensor) -> bool:
-    """Pack for oneDNN: CPU, fp32, a torch built with it, and not switched off by ``XOPD_DECODE_ONEDNN=0``."""
+#: Decode-step weights (parameters) from which oneDNN packing pays: 8 M fp32 = 32 MB, the L3 of the
+#: machine it was measured on (bench S, 1.2 M: dense faster; bench M, 14.6 M: oneDNN faster).
+ONEDNN_MIN_PARAMS = 8_000_000
+
+
+def _onednn_ok(w: torch.Tensor, params: int) -> bool:
+    """Pack for oneDNN: a model of >= ``ONEDNN_MIN_PARAMS`` weights, CPU, fp32, a torch built with
+    oneDNN, and not switched off by ``XOPD_DECODE_ONEDNN=0``."""
     return (
-        w.device.type == "cpu"
+        params >= ONEDNN_MIN_PARAMS
+        and w.device.type == "cpu"
         and w.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and os.environ.get("XOPD_DECODE_ONEDNN", "1") != "0"
@@ -124,13 +134,13 @@ def _onednn_ok(w: torch.Tensor) -> bool:
 class _Linear:
     """``y = x @ w.T + b`` for a fixed ``w [out, in]``, packed once for the decode loop.
 
-    oneDNN blocked weights where :func:`_onednn_ok` holds, else a pre-transposed dense copy
-    (``addmm`` against ``[in, out]`` beats ``F.linear`` on a few rows).
+    oneDNN blocked weights where :func:`_onednn_ok` holds for a model of ``params`` decode weights,
+    else a pre-transposed dense copy (``addmm`` against ``[in, out]`` beats ``F.linear`` on a few rows).
     """
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, params: int = ONEDNN_MIN_PARAMS) -> None:
         w, b = w.detach(), b.detach() if b is not None else None
-        self.onednn = _onednn_ok(w)
+        self.onednn = _onednn_ok(w, params)
         if self.onednn:
             self.w = w.contiguous().to_mkldnn()
             self.b = b.contiguous().to_mkldnn() if b is not None else None
@@ -167,6 +177,8 @@ class FastDecoder:
         self.head_dim = first.head_dim
         self.scale = first.scaling
         self.layers = []
+        # weights one decode step reads (layers + head): decides oneDNN packing (see ONEDNN_MIN_PARAMS)
+        n = sum(p.numel() for p in base.layers.parameters()) + lm.lm_head.weight.numel()
         with torch.no_grad():
             for layer in base.layers:
                 att, mlp = layer.self_attn, layer.mlp
@@ -179,20 +191,23 @@ class FastDecoder:
                         "qkv": _Linear(
                             torch.cat([_weight(att.q_proj), _weight(att.k_proj), _weight(att.v_proj)]),
                             _cat_bias(att.q_proj, att.k_proj, att.v_proj),
+                            n,
                         ),
-                        "o": _Linear(_weight(att.o_proj), _bias(att.o_proj)),
+                        "o": _Linear(_weight(att.o_proj), _bias(att.o_proj), n),
                         "gu": _Linear(
                             torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)]),
                             _cat_bias(mlp.gate_proj, mlp.up_proj),
+                            n,
                         ),
-                        "d": _Linear(_weight(mlp.down_proj), _bias(mlp.down_proj)),
+                        "d": _Linear(_weight(mlp.down_proj), _bias(mlp.down_proj), n),
                         "act": mlp.act_fn,
                     }
                 )
             self.norm = _norm(base.norm)
-            self.lm_head = _Linear(lm.lm_head.weight, lm.lm_head.bias)
+            self.lm_head = _Linear(lm.lm_head.weight, lm.lm_head.bias, n)
             dummy = lm.lm_head.weight.new_zeros(1, 1, 1)
             cos, sin = base.rotary_emb(dummy, positions)  # [B, steps, hd]
+        self.onednn = self.lm_head.onednn
         self.cos, self.sin = cos[:, :, None, :], sin[:, :, None, :]  # [B, steps, 1, hd]
 
     @torch.no_grad()

@@ -115,11 +115,6 @@ def _decode_threads(model: PolicyModel, rows: int, device: torch.device, threads
     fork/join; on a shared machine a descheduled worker thread stalls every op (measured here: 2
     threads decode the benchmark's S model 2-5x slower than 1 under load, and no faster when idle).
     Bigger steps (memory- or FLOP-bound) keep all threads. Restored on exit.
-
-    Measured on an idle 2-core AMD EPYC (2026-11-30, 16 rows, 48 new tokens): S 86 ms on 1 thread vs
-    99 ms on 2; M 436 ms on 2 vs 560 ms on 1. Decoding the prompts in two concurrent single-threaded
-    "lanes" (what xopd did before) lost at both sizes (164 / 518 ms): the Python loop and the GIL, not
-    the matmuls, bound each lane.
     """
     n = torch.get_num_threads()
     if threads <= 0:
@@ -170,9 +165,88 @@ def sample(
     ``fast_decode``: with it, decode Llama-family models with :mod:`xopd.generation.fast_decode`;
     ``decode_threads``: CPU threads while decoding (0: auto, see :func:`_decode_threads`).
     """
+    args = (n, max_new_tokens, temperature, top_p, top_k, generator, vocab_limit)
     with full_params(model):  # FSDP2: gather the LM once, so decoding runs without collectives
-        return _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, generator, vocab_limit,
-                       row_seeds, static_cache, fast_decode, decode_threads)
+        lanes = _lanes(model, prompts, n, row_seeds, temperature, decode_threads)
+        if lanes <= 1:
+            return _sample(model, prompts, *args, row_seeds, static_cache, fast_decode, decode_threads)
+        return _sample_in_lanes(model, prompts, args, row_seeds, static_cache, fast_decode, lanes)
+
+
+def _lanes(model: PolicyModel, prompts: PromptBatch, n: int, row_seeds, temperature: float,
+           decode_threads: int) -> int:
+    """Concurrent decode lanes on CPU: one per thread, each decoding its share of the prompts on ONE
+    thread. Only where it cannot change results (prompts with their own seeds, or greedy; decode
+    threads on auto) and where it measured no slower than one loop split op by op: a small model
+    (< ``LANE_MAX_PARAMS``, weights in cache) and >= ``LANE_MIN_ROWS`` rows per lane.
+
+    Measured on an idle 2-core AMD EPYC (2026-11-30): the demo's X-OPD step (64 rows of a 1.2 M
+    model, prompts of ~55-106 positions) 0.394 s with lanes vs 0.423-0.433 s without; the bench's S
+    model, 16 rows (8 a lane), 65-69 ms with lanes vs 43-48 ms in one loop (the Python loop and the
+    GIL bound each lane); the bench's M model (14.6 M, weights stream from memory, oneDNN-packed
+    decode, see ``fast_decode``) 436 ms in one loop on 2 threads vs 518 ms in lanes.
+    """
+    threads = torch.get_num_threads()
+    batch = prompts.embeds.shape[0]
+    if prompts.embeds.device.type != "cpu" or threads < 2 or batch < 2 or decode_threads > 0:
+        return 1
+    if row_seeds is None and temperature > 0:
+        return 1
+    lanes = min(threads, batch)
+    if batch * n // lanes < LANE_MIN_ROWS:
+        return 1
+    params = sum(p.numel() for p in model.causal_lm().parameters())
+    return lanes if params < LANE_MAX_PARAMS else 1
+
+
+LANE_MAX_PARAMS = 8_000_000  # = fast_decode.ONEDNN_MIN_PARAMS: above it one oneDNN loop on all threads wins
+LANE_MIN_ROWS = 16
+
+
+def _sample_in_lanes(model, prompts: PromptBatch, args: tuple, row_seeds, static_cache: bool, fast_decode: bool,
+                     lanes: int) -> Rollout:
+    """Split the prompts into ``lanes`` contiguous parts, decode them concurrently (Python threads; torch
+    releases the GIL inside ops) with one intra-op thread each, and stitch the rollouts back together.
+
+    Per-prompt seeds make each part's samples exactly what the whole batch would give (see
+    :func:`row_noise`), so this is a pure speed-up.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = prompts.embeds.shape[0]
+    bounds = [round(i * batch / lanes) for i in range(lanes + 1)]
+    parts = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+    def run(lo: int, hi: int) -> Rollout:
+        with torch.no_grad():  # grad mode is per thread
+            part = PromptBatch(prompts.embeds[lo:hi], prompts.attention_mask[lo:hi])
+            seeds = list(row_seeds[lo:hi]) if row_seeds is not None else None
+            return _sample(model, part, *args, seeds, static_cache, fast_decode, 1)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            outs = list(pool.map(lambda b: run(*b), parts))
+    finally:
+        torch.set_num_threads(threads)
+    return _concat_rollouts(outs, model.pad_token_id, prompt_offsets=[lo for lo, _ in parts])
+
+
+def _concat_rollouts(parts: list[Rollout], pad: int, prompt_offsets: list[int]) -> Rollout:
+    """Stack rollouts of disjoint prompt ranges; shorter ones are right-padded (pad id, mask False, 0)."""
+    width = max(r.ids.shape[1] for r in parts)
+
+    def padded(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Rollout(
+        ids=torch.cat([padded(r.ids, pad) for r in parts]),
+        mask=torch.cat([padded(r.mask, False) for r in parts]),
+        logprobs=torch.cat([padded(r.logprobs, 0.0) for r in parts]),
+        prompt_index=torch.cat([r.prompt_index + off for r, off in zip(parts, prompt_offsets)]),
+        ended=torch.cat([r.ended for r in parts]),
+    )
 
 
 def _sample(model, prompts, n, max_new_tokens, temperature, top_p, top_k, generator, vocab_limit, row_seeds,

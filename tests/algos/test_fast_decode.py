@@ -112,16 +112,16 @@ def test_decode_lanes_give_the_same_rollout():
 def test_packed_linear_matches_f_linear_both_ways(monkeypatch, bias):
     """The decode step's linear (oneDNN-packed on CPU, pre-transposed dense where switched off) is
     ``F.linear`` up to float rounding, with and without bias."""
-    from xopd.generation.fast_decode import _Linear
+    from xopd.generation.fast_decode import ONEDNN_MIN_PARAMS, _Linear
 
     torch.manual_seed(0)
     w, b, x = torch.randn(48, 32), torch.randn(48) if bias else None, torch.randn(5, 32)
     ref = torch.nn.functional.linear(x, w, b)
-    packed = _Linear(w, b)
+    packed = _Linear(w, b, ONEDNN_MIN_PARAMS)
     assert packed.onednn == torch.backends.mkldnn.is_available()
     torch.testing.assert_close(packed(x), ref, atol=1e-5, rtol=1e-5)
     monkeypatch.setenv("XOPD_DECODE_ONEDNN", "0")
-    dense = _Linear(w, b)
+    dense = _Linear(w, b, ONEDNN_MIN_PARAMS)
     assert not dense.onednn
     torch.testing.assert_close(dense(x), ref, atol=1e-5, rtol=1e-5)
 

@@ -138,7 +138,7 @@ class _Linear:
     else a pre-transposed dense copy (``addmm`` against ``[in, out]`` beats ``F.linear`` on a few rows).
     """
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, params: int = ONEDNN_MIN_PARAMS) -> None:
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, params: int) -> None:
         w, b = w.detach(), b.detach() if b is not None else None
         self.onednn = _onednn_ok(w, params)
         if self.onednn:

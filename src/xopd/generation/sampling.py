@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xopd.generation.fast_decode import fast_decoder
+from xopd.generation.fast_decode import ONEDNN_MIN_PARAMS, fast_decoder
 from xopd.generation.kv_cache import make_static_cache, repeat_cache
 from xopd.models.base import PolicyModel, PromptBatch, position_ids_from_mask
 from xopd.utils.fsdp import full_params
@@ -199,7 +199,7 @@ def _lanes(model: PolicyModel, prompts: PromptBatch, n: int, row_seeds, temperat
     return lanes if params < LANE_MAX_PARAMS else 1
 
 
-LANE_MAX_PARAMS = 8_000_000  # = fast_decode.ONEDNN_MIN_PARAMS: above it one oneDNN loop on all threads wins
+LANE_MAX_PARAMS = ONEDNN_MIN_PARAMS  # above it one oneDNN-packed loop on all threads wins
 LANE_MIN_ROWS = 16
 
 

@@ -26,7 +26,7 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
 
 REPRODUCE_EPILOG = """examples:
   xopd reproduce                    # all rows x 3 seeds, reusing runs/demo's data/teacher/stage-1 student
-                                    # (measured: 20 min on 2 cores after `xopd demo`, 8 rows)
+                                    # (measured: 17-20 min on 2 cores after `xopd demo`, 8 rows)
   xopd reproduce --quick --output_dir /tmp/rep --world_dir /tmp/rep-world   # seconds; smoke test
   xopd reproduce --rows xopd_l05,gkd --seeds 0 --steps 100
 """

@@ -151,3 +151,22 @@ def test_onednn_packing_only_for_models_whose_weights_leave_the_cache():
         cache = make_static_cache(model, 1, 16)
         model.forward_embeds(batch.embeds, batch.attention_mask, cache=cache, use_cache=True)
         assert not fast_decoder(model.lm, cache, torch.zeros(1, 4, dtype=torch.long)).onednn
+
+
+def test_fast_decode_takes_models_trained_with_onednn_linears():
+    """``linear_kernel`` swaps nn.Linear for OneDNNLinear (same weights): the decode path must still run."""
+    from xopd.models.onednn_linear import OneDNNLinear, use_onednn_linears
+
+    model = _model("llama")
+    batch = model.embed_prompts([Prompt(text="what is two plus three"), Prompt(text="count")])
+    ref = sample(model, batch, 2, 8, temperature=1.0, row_seeds=[1, 2])
+    for m in model.modules():  # the swap itself, whether or not this torch has the op
+        if type(m) is torch.nn.Linear:
+            m.__class__ = OneDNNLinear
+    assert use_onednn_linears(model) == 0
+    with torch.no_grad():
+        cache = make_static_cache(model, 2, 32)
+        model.forward_embeds(batch.embeds, batch.attention_mask, cache=cache, use_cache=True)
+        assert fast_decoder(model.lm, cache, torch.zeros(2, 4, dtype=torch.long)) is not None
+    fast = sample(model, batch, 2, 8, temperature=1.0, row_seeds=[1, 2])
+    assert torch.equal(ref.ids, fast.ids)

@@ -151,3 +151,26 @@ def test_shared_prompt_off_and_trim_cadence_change_speed_not_results(tiny_world,
     # are only required to stay finite
     assert lb[1] == pytest.approx(la[1], rel=1e-4, abs=1e-6)
     assert all(torch.isfinite(torch.tensor(v)) for v in lb.values())
+
+
+def test_onednn_linear_kernel_changes_speed_not_results(tiny_world, tmp_path, monkeypatch):
+    """``linear_kernel: onednn`` (forced on for the tiny models, which auto leaves on MKL, and for every
+    product however small) trains the same step 1 as ``torch``, up to float rounding; then both stay
+    finite."""
+    import xopd.models.onednn_linear as ol
+
+    if not ol.onednn_linear_available():
+        pytest.skip("this torch has no oneDNN linear")
+    calls = []
+    monkeypatch.setattr(ol, "MIN_MACS", 0)
+    real = ol._gemm
+    monkeypatch.setattr(ol, "_gemm", lambda *a: calls.append(1) or real(*a))
+    a, b = tmp_path / "torch", tmp_path / "onednn"
+    assert main(_args(tiny_world, a, 3, "--linear_kernel", "torch")) == 0
+    assert not calls
+    assert main(_args(tiny_world, b, 3, "--linear_kernel", "onednn")) == 0
+    assert calls  # the products did go through oneDNN
+    la, lb = _losses(a), _losses(b)
+    assert la.keys() == lb.keys() == {1, 2, 3}
+    assert lb[1] == pytest.approx(la[1], rel=1e-4, abs=1e-6)
+    assert all(torch.isfinite(torch.tensor(v)) for v in lb.values())

@@ -47,6 +47,24 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5) -> float:
     return best
 
 
+def onednn_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5) -> float | None:
+    """Best fp32 GFLOP/s of an ``n x n`` product through oneDNN (``models/onednn_linear.py``), or None
+    without it. On an AMD CPU with AVX-512 it is about twice ``matmul_peak_gflops`` (MKL takes AVX2 there)."""
+    from xopd.models.onednn_linear import _gemm, onednn_linear_available
+
+    if not onednn_linear_available():
+        return None
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    _gemm(a, b, None)  # warm-up (kernel build)
+    best = 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(reps):
+            _gemm(a, b, None)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+    return best
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB.
 

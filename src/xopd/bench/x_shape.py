@@ -33,7 +33,7 @@ X_SHAPE = {"prompt_words": 100, "prompts": 8, "n": 4, "max_new_tokens": 20}
 def run_x(args: BenchConfig, work: Path, threads: int, peak: float, use_trl: bool, log) -> dict[str, Any]:
     """Every X measurement; returns ``{"vs_trl": ..., "shared_prompt": ..., "flops": ...}``."""
     from xopd.algos.base import make_prompts
-    from xopd.bench.report import best_run, cpu_ratio
+    from xopd.bench.report import best_run, cpu_ratio, linear_kernel_entry, linear_kernel_switches
     from xopd.bench.trl_bench import run_trl
     from xopd.bench.xopd_bench import bench_examples, run_xopd, step_flops
     from xopd.models import load_student, load_teacher
@@ -46,11 +46,16 @@ def run_x(args: BenchConfig, work: Path, threads: int, peak: float, use_trl: boo
     world = build_bench_world("X", work / "world", n_prompts=shape["prompts"], words=shape["prompt_words"],
                               spec=spec)
     runs: dict[str, list[dict[str, float]]] = {"shared": [], "unshared": [], "distillation": [], "gkd": []}
+    variants = [("shared", True, "auto"), ("unshared", False, "auto")]
+    ab_kernel = linear_kernel_switches(sum(p.numel() for p in load_student(world.student).parameters()))
+    if ab_kernel:  # the default step again with torch's (MKL) linears
+        variants.append(("torch_linear", True, "torch"))
+        runs["torch_linear"] = []
     for r in range(args.rounds):
-        for name, shared in (("shared", True), ("unshared", False)):
-            log(f"X round {r + 1}/{args.rounds}: xopd ({name} prompts)")
-            runs[name].append(run_xopd(world, args.steps, args.warmup, new, threads,
-                                       work_dir=work / f"xopd-{name}", n_samples=n, shared_prompt=shared))
+        for name, shared, kernel in variants:
+            log(f"X round {r + 1}/{args.rounds}: xopd ({name})")
+            runs[name].append(run_xopd(world, args.steps, args.warmup, new, threads, work_dir=work / f"xopd-{name}",
+                                       n_samples=n, shared_prompt=shared, linear_kernel=kernel))
         if use_trl:
             for kind in ("distillation", "gkd"):
                 log(f"X round {r + 1}/{args.rounds}: trl {kind} (prompts repeated {n}x)")
@@ -83,6 +88,7 @@ def run_x(args: BenchConfig, work: Path, threads: int, peak: float, use_trl: boo
             "shared_tok_s": x["tok_s"], "unshared_tok_s": slow["tok_s"],
             "shared_step_s": x["step_s"], "unshared_step_s": slow["step_s"],
         },  # fmt: skip
+        "linear_kernel": linear_kernel_entry(x, best["torch_linear"]) if ab_kernel else None,
         "step_gflops": gflops,
         "step_peak_fraction": gflops / peak,
     }

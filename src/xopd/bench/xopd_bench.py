@@ -95,10 +95,12 @@ def phase_breakdown(world: BenchWorld, steps: int = 2, max_new_tokens: int = 48,
     from xopd.generation import derive_seed, response_logits, response_logprobs, sample
     from xopd.losses import advantage, gather_logprobs, policy_gradient_loss
     from xopd.models import load_student, load_teacher
+    from xopd.models.onednn_linear import select_linear_kernel
 
     cfg = bench_config(world, Path("."), steps, max_new_tokens, 0, **over)
     student = load_student(world.student).eval()
     teacher = load_teacher(world.teacher)
+    select_linear_kernel(cfg.linear_kernel, torch.device("cpu"), torch.float32, student, teacher)  # as train()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr)
     prompts = make_prompts(bench_examples(world), "T")
     times: dict[str, list[float]] = {k: [] for k in ("rollout", "teacher", "student_fwd_bwd", "optimizer")}

@@ -32,11 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xopd.models.onednn_linear import ONEDNN_MIN_PARAMS as _ONEDNN_MIN_PARAMS
+from xopd.models.onednn_linear import OneDNNLinear
+
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
 
 def _plain_linear(m: nn.Module) -> bool:
-    return type(m) is nn.Linear and type(m.weight.data) is torch.Tensor
+    # OneDNNLinear: the same weights, trained with oneDNN's GEMM (linear_kernel); decode reads them directly
+    return type(m) in (nn.Linear, OneDNNLinear) and type(m.weight.data) is torch.Tensor
 
 
 def _lora_linear(m: nn.Module) -> bool:
@@ -114,9 +118,9 @@ def _norm(module: nn.Module):
     return module
 
 
-#: Decode-step weights (parameters) from which oneDNN packing pays: 8 M fp32 = 32 MB, the L3 of the
-#: machine it was measured on (bench S, 1.2 M: dense faster; bench M, 14.6 M: oneDNN faster).
-ONEDNN_MIN_PARAMS = 8_000_000
+#: Decode-step weights (parameters) from which oneDNN packing pays (models/onednn_linear.py, where the
+#: training linears use the same threshold): bench S, 1.2 M: dense faster; bench M, 14.6 M: oneDNN faster.
+ONEDNN_MIN_PARAMS = _ONEDNN_MIN_PARAMS
 
 
 def _onednn_ok(w: torch.Tensor, params: int) -> bool:

@@ -114,6 +114,11 @@ class SystemConfig:
                                  "malloc_trim; 0 = never). Measured on the demo's stage-1 step "
                                  "(benchmarks/trim_ab.py): every step 1.45x the untrimmed step time, every 10 "
                                  "steps 1.07x, peak RSS within 60 MB of each other")
+    linear_kernel: str = field("auto", choices=("auto", "onednn", "torch"),
+                               help="fp32 CPU linears (student and teacher): oneDNN's GEMM (models/onednn_linear.py; "
+                               "on a 2-core AMD EPYC 1.6x faster forward+backward at the bench's M, where MKL skips "
+                               "AVX-512) or torch's default (MKL). auto: oneDNN on CPU in float32 when this torch "
+                               "has it; elsewhere torch")
     trust_remote_code: bool = field(False, help="allow model code from model directories (off: safer)")
     progress: bool = field(True, help="show a progress bar")
     report_to: str = field("jsonl,tensorboard", help="comma list of jsonl, tensorboard, wandb")

@@ -29,6 +29,7 @@ from xopd.errors import ConfigError, XopdError
 from xopd.generation import StepGenerator, derive_seed
 from xopd.models import check_tokenizer_alignment, load_student, load_teacher
 from xopd.models.base import PolicyModel
+from xopd.models.onednn_linear import select_linear_kernel
 from xopd.training.checkpoint import latest_checkpoint
 from xopd.training.config import TrainConfig
 from xopd.training.distributed import (
@@ -229,6 +230,7 @@ def train(cfg: TrainConfig, examples: list[Example] | None = None, replay: list[
     student.eval()  # dropout off: the ratio pi/pi_old must be exactly 1 at the first update
     if lora:
         apply_lora(student, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
+    select_linear_kernel(cfg.linear_kernel, device, dtype, student, teacher)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(student)
     configure_trainable(student, cfg)

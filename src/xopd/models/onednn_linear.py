@@ -1,0 +1,190 @@
+"""``nn.Linear`` on CPU through oneDNN's fp32 GEMM instead of MKL's: forward, input grad and weight grad.
+
+Why: PyTorch's CPU build sends an fp32 ``F.linear`` / ``x @ w`` to MKL's sgemm, and MKL takes its AVX-512
+code path only on Intel CPUs. On an AMD EPYC with AVX-512 (the 2-core VM the project is measured on)
+MKL ran the training shapes of the bench's models at 186-202 GFLOP/s on 2 threads, while oneDNN (the
+library PyTorch itself ships for convolutions and bf16 matmuls) ran the same products at 378-438
+GFLOP/s; the weight gradient ``g.T @ x`` at 217-298 (``benchmarks/linear_ab.py``). On an Intel CPU both
+use AVX-512, so expect far less there.
+
+How: ``torch.ops.mkldnn._linear_pointwise`` (the op TorchInductor emits for CPU linears) takes plain
+dense tensors in and out, so there is no ``to_mkldnn`` / ``to_dense`` conversion per call; the
+backward is two more calls of the same GEMM (``g @ w`` and ``g.T @ x``, with one transposed copy each)
+and a sum for the bias. Results equal ``F.linear`` up to float rounding (another summation order),
+which the tests check, together with the gradients.
+
+:func:`use_onednn_linears` switches every ``nn.Linear`` of a module to :class:`OneDNNLinear` by class
+swap: parameters, state dict, ``save_pretrained``, peft's LoRA (which wraps any ``nn.Linear``) and
+optimizers see the same module. Off the CPU, in other dtypes, or without the op, the layer is plain
+``F.linear``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+#: LM parameters from which ``linear_kernel: auto`` (and the decode step's weight packing,
+#: generation/fast_decode.py) use oneDNN: 8 M fp32 = 32 MB, the L3 of the machine it was measured on.
+#: Below it (the demo's 1.2 M LM, the bench's S) per-call costs eat the gain: the demo's X-OPD step ran
+#: 0.396 s with MKL and 0.422 s with oneDNN linears; bench M (14.6 M) trains 1.6x faster with them.
+ONEDNN_MIN_PARAMS = 8_000_000
+
+
+def onednn_linear_available() -> bool:
+    """This torch can run an fp32 linear through oneDNN with dense tensors (``XOPD_ONEDNN_LINEAR=0``: no)."""
+    return (
+        os.environ.get("XOPD_ONEDNN_LINEAR", "1") != "0"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops, "mkldnn")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def _gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x [R, in] @ w[out, in].T + b`` through oneDNN (plain dense tensors in and out)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+def row_bucket(rows: int) -> int:
+    """The row count a GEMM of ``rows`` rows is padded to: <= 16 as is, <= 64 to a multiple of 16, else
+    to 8 steps an octave (at most 12.5 % padding).
+
+    Why: oneDNN builds (JIT-compiles) a kernel for every new shape and caches it. Training shapes change
+    every step (prompt and response lengths), and a build cost ~0.7 ms against ~0.4 ms for the GEMM
+    itself (128 -> 512, ~1000 rows); the demo's X-OPD step came out 1.2x slower than MKL's until rows
+    were bucketed. Zero rows add nothing to ``g.T @ x``.
+    """
+    if rows <= 16:
+        return rows
+    if rows <= 64:
+        return -(-rows // 16) * 16
+    step = 1 << (rows.bit_length() - 4)
+    return -(-rows // step) * step
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t [R, k]`` (contiguous) with zero rows appended up to ``rows``."""
+    if t.shape[0] == rows:
+        return t
+    out = t.new_zeros(rows, t.shape[1])
+    out[: t.shape[0]] = t
+    return out
+
+
+class _OneDNNLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        rows = x2.shape[0]
+        xp = _pad_rows(x2, row_bucket(rows))
+        y = _gemm(xp, weight.contiguous(), None if bias is None else bias.contiguous())[:rows]
+        ctx.save_for_backward(xp, weight)
+        ctx.has_bias = bias is not None
+        ctx.in_shape = x.shape
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        xp, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).contiguous()
+        rows = g.shape[0]
+        gp = _pad_rows(g, xp.shape[0])
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:  # dL/dx = g @ W: a linear against W.T
+            gx = _gemm(gp, weight.t().contiguous(), None)[:rows].view(ctx.in_shape)
+        if ctx.needs_input_grad[1]:  # dL/dW = g.T @ x: a linear of g.T [out, R] against x.T [in, R]
+            gw = _gemm(gp.t().contiguous(), xp.t().contiguous(), None)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        return gx, gw, gb
+
+
+#: smallest GEMM (rows x in x out multiply-adds) sent to oneDNN. Below it MKL plus less Python wins:
+#: 2 threads, AMD EPYC, us MKL / oneDNN: 128 -> 128 at 64 rows 14 / 18, at 128 rows 24 / 22; 128 -> 512 at
+#: 32 rows 28 / 24; the autograd wrapper adds ~25 us a call. Decode steps of small models stay on MKL.
+MIN_MACS = 1 << 23
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; through oneDNN for fp32 CPU products of >= ``MIN_MACS``.
+
+    Shapes: ``x [..., in]``, ``weight [out, in]``, ``bias [out]`` -> ``[..., out]``.
+    """
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+            or x.numel() * weight.shape[0] < MIN_MACS):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _OneDNNLinearFn.apply(x, weight, bias)
+    # no graph to record (the teacher's scoring, evaluation): skip the autograd wrapper
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    rows = x2.shape[0]
+    y = _gemm(_pad_rows(x2, row_bucket(rows)), weight.contiguous(), None if bias is None else bias.contiguous())
+    return y[:rows].view(*x.shape[:-1], weight.shape[0])
+
+
+class OneDNNLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward is :func:`onednn_linear` (same parameters, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn_linear(x, self.weight, self.bias)
+
+
+def use_onednn_linears(module: nn.Module) -> int:
+    """Swap every plain ``nn.Linear`` under ``module`` to :class:`OneDNNLinear`; returns how many.
+
+    Does nothing (returns 0) when :func:`onednn_linear_available` is false. Subclasses of ``nn.Linear``
+    with their own forward (quantised or LoRA layers) are left alone; a LoRA layer's base ``nn.Linear``
+    is swapped like any other.
+    """
+    if not onednn_linear_available():
+        return 0
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = OneDNNLinear
+            n += 1
+    return n
+
+
+def use_torch_linears(module: nn.Module) -> int:
+    """Undo :func:`use_onednn_linears` (for A/B runs); returns how many layers were switched back."""
+    n = 0
+    for m in module.modules():
+        if type(m) is OneDNNLinear:
+            m.__class__ = nn.Linear
+            n += 1
+    return n
+
+
+def select_linear_kernel(kernel: str, device: torch.device, dtype: torch.dtype, *models: nn.Module | None) -> int:
+    """Apply ``linear_kernel`` (auto | onednn | torch) to ``models``; returns the layers switched to oneDNN.
+
+    ``auto`` and ``onednn`` switch on CPU in float32 (elsewhere oneDNN's fp32 path has nothing to offer);
+    ``onednn`` on a torch without the op is an error rather than a silent fallback.
+    """
+    from xopd.errors import ConfigError
+
+    if kernel == "torch" or device.type != "cpu" or dtype != torch.float32:
+        return 0
+    if not onednn_linear_available():
+        if kernel == "onednn":
+            raise ConfigError("config: 'linear_kernel' is onednn, but this torch has no oneDNN linear "
+                              "(torch.ops.mkldnn._linear_pointwise) or XOPD_ONEDNN_LINEAR=0: use auto or torch")
+        return 0
+    n = 0
+    for m in models:
+        if m is None:
+            continue
+        lm = m.causal_lm() if hasattr(m, "causal_lm") else m
+        # auto: only LMs of >= 8 M parameters. The demo's 1.2 M LM (4 x 128 wide) ran its X-OPD step
+        # slower with oneDNN (0.396 -> 0.422 s): its many small products are dominated by per-call costs
+        if kernel == "onednn" or sum(p.numel() for p in lm.parameters()) >= ONEDNN_MIN_PARAMS:
+            n += use_onednn_linears(m)
+    return n

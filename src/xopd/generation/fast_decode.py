@@ -9,13 +9,14 @@ pre-transposed weight. This module runs the same math with
   * rotary cos/sin for every decode position computed once, before the loop,
   * attention only over the slots written so far (a strided view of the cache).
 On CPU, for models whose weights do not fit in cache (>= ``ONEDNN_MIN_PARAMS``), the weights are
-packed once per rollout into oneDNN's blocked layout (``Tensor.to_mkldnn``, what ``torch.utils.mkldnn``
-does for inference modules) and multiplied with ``mkldnn_linear``: on a few rows against weights that
-stream from memory that kernel is 1.3-2x faster than MKL's ``x @ w`` (measured on a 2-core AMD EPYC:
-16 rows x 384 -> 1152, 2 threads, 198 -> 132 us; the bench's M rollout 533 -> 381 ms). For small
-models, whose weights stay in cache, its per-call conversions cost more than it saves (the bench's S
-rollout: 69 -> 90 ms), so they, like GPUs, other dtypes, a torch without oneDNN and
-``XOPD_DECODE_ONEDNN=0``, multiply against pre-transposed dense weights.
+reordered once per rollout into oneDNN's blocked layout for the rollout's row count
+(``torch.ops.mkldnn._reorder_linear_weight``, as TorchInductor does for CPU linears) and multiplied with
+``_linear_pointwise``, dense rows in and out: on a few rows against weights that stream from memory
+that is 2-2.8x faster than MKL's ``x @ w`` (2-core AMD EPYC, 2 threads, 16 rows: 384 -> 1152 179 ->
+65 us, 384 -> 3072 591 -> 154 us; the earlier ``to_mkldnn`` + ``mkldnn_linear`` form took 114 / 263 us).
+Small models, whose weights stay in cache (the bench's S rollout was 69 -> 90 ms slower with packing),
+like GPUs, other dtypes, a torch without oneDNN and ``XOPD_DECODE_ONEDNN=0``, multiply against
+pre-transposed dense weights.
 Norms, rotary tables and activations are the model's own modules, so variants (rope scaling, eps,
 activation) stay exact; the logits agree with the HF forward to float rounding (tested).
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xopd.models.onednn_linear import ONEDNN_MIN_PARAMS as _ONEDNN_MIN_PARAMS
-from xopd.models.onednn_linear import OneDNNLinear
+from xopd.models.onednn_linear import OneDNNLinear, onednn_linear_available
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -130,7 +131,8 @@ def _onednn_ok(w: torch.Tensor, params: int) -> bool:
         params >= ONEDNN_MIN_PARAMS
         and w.device.type == "cpu"
         and w.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
+        and onednn_linear_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and os.environ.get("XOPD_DECODE_ONEDNN", "1") != "0"
     )
 
@@ -138,22 +140,26 @@ def _onednn_ok(w: torch.Tensor, params: int) -> bool:
 class _Linear:
     """``y = x @ w.T + b`` for a fixed ``w [out, in]``, packed once for the decode loop.
 
-    oneDNN blocked weights where :func:`_onednn_ok` holds for a model of ``params`` decode weights,
-    else a pre-transposed dense copy (``addmm`` against ``[in, out]`` beats ``F.linear`` on a few rows).
+    Where :func:`_onednn_ok` holds for a model of ``params`` decode weights: reordered once into oneDNN's
+    blocked layout for ``rows``-row products (``_reorder_linear_weight``, what TorchInductor does for CPU
+    linears) and multiplied by ``_linear_pointwise`` with dense input and output (no per-call
+    conversions: 16 x 384 -> 1152 on 2 threads 65 us, against 114 us for ``to_mkldnn`` + ``mkldnn_linear``
+    and 179 us for MKL). Else a pre-transposed dense copy (``addmm`` against ``[in, out]`` beats
+    ``F.linear`` on a few rows).
     """
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, params: int) -> None:
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, params: int, rows: int = 1) -> None:
         w, b = w.detach(), b.detach() if b is not None else None
         self.onednn = _onednn_ok(w, params)
         if self.onednn:
-            self.w = w.contiguous().to_mkldnn()
-            self.b = b.contiguous().to_mkldnn() if b is not None else None
+            self.w = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
+            self.b = b.contiguous() if b is not None else None
         else:
             self.w, self.b = w.t().contiguous(), b
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn:
-            return torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.w, self.b).to_dense()
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.w, self.b, "none", [], "")
         return torch.addmm(self.b, x, self.w) if self.b is not None else x @ self.w
 
 
@@ -183,6 +189,7 @@ class FastDecoder:
         self.layers = []
         # weights one decode step reads (layers + head): decides oneDNN packing (see ONEDNN_MIN_PARAMS)
         n = sum(p.numel() for p in base.layers.parameters()) + lm.lm_head.weight.numel()
+        rows = keys[0].shape[0]  # every decode product has one row per sequence
         with torch.no_grad():
             for layer in base.layers:
                 att, mlp = layer.self_attn, layer.mlp
@@ -196,19 +203,21 @@ class FastDecoder:
                             torch.cat([_weight(att.q_proj), _weight(att.k_proj), _weight(att.v_proj)]),
                             _cat_bias(att.q_proj, att.k_proj, att.v_proj),
                             n,
+                            rows,
                         ),
-                        "o": _Linear(_weight(att.o_proj), _bias(att.o_proj), n),
+                        "o": _Linear(_weight(att.o_proj), _bias(att.o_proj), n, rows),
                         "gu": _Linear(
                             torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)]),
                             _cat_bias(mlp.gate_proj, mlp.up_proj),
                             n,
+                            rows,
                         ),
-                        "d": _Linear(_weight(mlp.down_proj), _bias(mlp.down_proj), n),
+                        "d": _Linear(_weight(mlp.down_proj), _bias(mlp.down_proj), n, rows),
                         "act": mlp.act_fn,
                     }
                 )
             self.norm = _norm(base.norm)
-            self.lm_head = _Linear(lm.lm_head.weight, lm.lm_head.bias, n)
+            self.lm_head = _Linear(lm.lm_head.weight, lm.lm_head.bias, n, rows)
             dummy = lm.lm_head.weight.new_zeros(1, 1, 1)
             cos, sin = base.rotary_emb(dummy, positions)  # [B, steps, hd]
         self.onednn = self.lm_head.onednn

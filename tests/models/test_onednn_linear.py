@@ -39,8 +39,10 @@ def test_row_bucket_exact_values_and_padding_bound():
     assert len({ol.row_bucket(r) for r in range(900, 1100)}) == 3
 
 
-@pytest.mark.parametrize("rows,d_in,d_out,bias", [(5, 8, 12, True), (100, 16, 24, False), (3 * 7, 32, 8, True)])
+@pytest.mark.parametrize("rows,d_in,d_out,bias", [(5, 8, 12, True), (100, 16, 24, False), (3 * 7, 32, 8, True),
+                                                  (70, 256, 272, True)])  # the last: oneDNN's weight grad
 def test_forward_and_grads_match_f_linear(always, rows, d_in, d_out, bias):
+    assert (min(d_in, d_out) >= ol.WIDE_GRAD) == (d_in == 256)
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, d_in, generator=g)
     w = torch.randn(d_out, d_in, generator=g)

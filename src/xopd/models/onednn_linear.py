@@ -1,17 +1,20 @@
 """``nn.Linear`` on CPU through oneDNN's fp32 GEMM instead of MKL's: forward, input grad and weight grad.
 
 Why: PyTorch's CPU build sends an fp32 ``F.linear`` / ``x @ w`` to MKL's sgemm, and MKL takes its AVX-512
-code path only on Intel CPUs. On an AMD EPYC with AVX-512 (the 2-core VM the project is measured on)
-MKL ran the training shapes of the bench's models at 186-202 GFLOP/s on 2 threads, while oneDNN (the
-library PyTorch itself ships for convolutions and bf16 matmuls) ran the same products at 378-438
-GFLOP/s; the weight gradient ``g.T @ x`` at 217-298 (``benchmarks/linear_ab.py``). On an Intel CPU both
-use AVX-512, so expect far less there.
+code path only on Intel CPUs. On an AMD EPYC with AVX-512 (the 2-core VM the project is measured on,
+``benchmarks/linear_ab.py``, 1232 rows, 2 threads) MKL ran the bench models' products at 189-209
+GFLOP/s, oneDNN (the library PyTorch itself ships for convolutions and bf16 matmuls) at 352-430 forward
+and 257-353 for the input grad; its weight grad ``g.T @ x`` won only for wide layers (221-288 against
+184-203 at >= 384 features; 157-164 against 171-198 at 128), so narrower layers keep MKL for that one.
+A Llama of the bench's M size trains forward+backward 1.46x faster with it, its no-grad forward 1.77x.
+On an Intel CPU both libraries use AVX-512, so expect far less there.
 
 How: ``torch.ops.mkldnn._linear_pointwise`` (the op TorchInductor emits for CPU linears) takes plain
 dense tensors in and out, so there is no ``to_mkldnn`` / ``to_dense`` conversion per call; the
 backward is two more calls of the same GEMM (``g @ w`` and ``g.T @ x``, with one transposed copy each)
 and a sum for the bias. Results equal ``F.linear`` up to float rounding (another summation order),
-which the tests check, together with the gradients.
+which the tests check, together with the gradients. Row counts are bucketed (:func:`row_bucket`) because
+oneDNN builds a kernel per new shape, and products under ``MIN_MACS`` stay on MKL.
 
 :func:`use_onednn_linears` switches every ``nn.Linear`` of a module to :class:`OneDNNLinear` by class
 swap: parameters, state dict, ``save_pretrained``, peft's LoRA (which wraps any ``nn.Linear``) and
@@ -33,6 +36,10 @@ from torch.autograd.function import once_differentiable
 #: Below it (the demo's 1.2 M LM, the bench's S) per-call costs eat the gain: the demo's X-OPD step ran
 #: 0.396 s with MKL and 0.422 s with oneDNN linears; bench M (14.6 M) trains 1.6x faster with them.
 ONEDNN_MIN_PARAMS = 8_000_000
+
+
+#: narrowest layer (min of in and out features) whose weight gradient goes through oneDNN
+WIDE_GRAD = 256
 
 
 def onednn_linear_available() -> bool:
@@ -99,7 +106,10 @@ class _OneDNNLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # dL/dx = g @ W: a linear against W.T
             gx = _gemm(gp, weight.t().contiguous(), None)[:rows].view(ctx.in_shape)
         if ctx.needs_input_grad[1]:  # dL/dW = g.T @ x: a linear of g.T [out, R] against x.T [in, R]
-            gw = _gemm(gp.t().contiguous(), xp.t().contiguous(), None)
+            # oneDNN's weight grad wins for wide layers only (384 -> 1152: 256 vs 203 GFLOP/s; 128 -> 512:
+            # 164 vs 180, benchmarks/linear_ab.py): narrower ones take MKL's g.T @ x
+            gw = (_gemm(gp.t().contiguous(), xp.t().contiguous(), None) if min(weight.shape) >= WIDE_GRAD
+                  else gp.t() @ xp)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0)
         return gx, gw, gb

@@ -116,9 +116,10 @@ class SystemConfig:
                                  "steps 1.07x, peak RSS within 60 MB of each other")
     linear_kernel: str = field("auto", choices=("auto", "onednn", "torch"),
                                help="fp32 CPU linears (student and teacher): oneDNN's GEMM (models/onednn_linear.py; "
-                               "on a 2-core AMD EPYC 1.6x faster forward+backward at the bench's M, where MKL skips "
-                               "AVX-512) or torch's default (MKL). auto: oneDNN on CPU in float32 when this torch "
-                               "has it; elsewhere torch")
+                               "benchmarks/linear_ab.py: the bench's M model 1.46x faster forward+backward on a 2-core "
+                               "AMD EPYC, where MKL skips AVX-512) or torch's default (MKL). auto: oneDNN for LMs of "
+                               ">= 8 M parameters on CPU in float32 (smaller ones, like the demo's, ran slower with "
+                               "it); onednn: for any size")
     trust_remote_code: bool = field(False, help="allow model code from model directories (off: safer)")
     progress: bool = field(True, help="show a progress bar")
     report_to: str = field("jsonl,tensorboard", help="comma list of jsonl, tensorboard, wandb")

@@ -4,9 +4,10 @@ Why: PyTorch's CPU build sends an fp32 ``F.linear`` / ``x @ w`` to MKL's sgemm, 
 code path only on Intel CPUs. On an AMD EPYC with AVX-512 (the 2-core VM the project is measured on,
 ``benchmarks/linear_ab.py``, 1232 rows, 2 threads) MKL ran the bench models' products at 189-209
 GFLOP/s, oneDNN (the library PyTorch itself ships for convolutions and bf16 matmuls) at 352-430 forward
-and 257-353 for the input grad; its weight grad ``g.T @ x`` won only for wide layers (221-288 against
-184-203 at >= 384 features; 157-164 against 171-198 at 128), so narrower layers keep MKL for that one.
-A Llama of the bench's M size trains forward+backward 1.46x faster with it, its no-grad forward 1.77x.
+and 257-353 for the input grad; its weight grad ``g.T @ x`` won for wide layers (221-288 against
+184-203 at >= 384 features) but not in that run at 128 (157-164 against 171-198; in a later run 233-240
+against 186-200), so layers narrower than ``WIDE_GRAD`` keep MKL for that one. A Llama of the bench's
+M size trains forward+backward 1.46-1.47x faster with it, its no-grad forward 1.70-1.77x.
 On an Intel CPU both libraries use AVX-512, so expect far less there.
 
 How: ``torch.ops.mkldnn._linear_pointwise`` (the op TorchInductor emits for CPU linears) takes plain
@@ -34,7 +35,8 @@ from torch.autograd.function import once_differentiable
 #: LM parameters from which ``linear_kernel: auto`` (and the decode step's weight packing,
 #: generation/fast_decode.py) use oneDNN: 8 M fp32 = 32 MB, the L3 of the machine it was measured on.
 #: Below it (the demo's 1.2 M LM, the bench's S) per-call costs eat the gain: the demo's X-OPD step ran
-#: 0.396 s with MKL and 0.422 s with oneDNN linears; bench M (14.6 M) trains 1.6x faster with them.
+#: 0.396-0.421 s with MKL and 0.422-0.429 s with oneDNN linears; the bench's M (14.6 M) trains 1.38x
+#: faster with them (its step, `xopd bench`), 1.47x forward+backward (benchmarks/linear_ab.py).
 ONEDNN_MIN_PARAMS = 8_000_000
 
 
@@ -106,8 +108,9 @@ class _OneDNNLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # dL/dx = g @ W: a linear against W.T
             gx = _gemm(gp, weight.t().contiguous(), None)[:rows].view(ctx.in_shape)
         if ctx.needs_input_grad[1]:  # dL/dW = g.T @ x: a linear of g.T [out, R] against x.T [in, R]
-            # oneDNN's weight grad wins for wide layers only (384 -> 1152: 256 vs 203 GFLOP/s; 128 -> 512:
-            # 164 vs 180, benchmarks/linear_ab.py): narrower ones take MKL's g.T @ x
+            # oneDNN's weight grad wins for wide layers (384 -> 1152: 256-300 vs 203-208 GFLOP/s in two runs
+            # of benchmarks/linear_ab.py); at 128 -> 512 one run had it slower (164 vs 180), one faster
+            # (240 vs 186), so narrower layers keep MKL's g.T @ x
             gw = (_gemm(gp.t().contiguous(), xp.t().contiguous(), None) if min(weight.shape) >= WIDE_GRAD
                   else gp.t() @ xp)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -193,8 +196,7 @@ def select_linear_kernel(kernel: str, device: torch.device, dtype: torch.dtype, 
         if m is None:
             continue
         lm = m.causal_lm() if hasattr(m, "causal_lm") else m
-        # auto: only LMs of >= 8 M parameters. The demo's 1.2 M LM (4 x 128 wide) ran its X-OPD step
-        # slower with oneDNN (0.396 -> 0.422 s): its many small products are dominated by per-call costs
+        # auto: only LMs of >= ONEDNN_MIN_PARAMS (smaller ones ran slower with it, see there)
         if kernel == "onednn" or sum(p.numel() for p in lm.parameters()) >= ONEDNN_MIN_PARAMS:
             n += use_onednn_linears(m)
     return n

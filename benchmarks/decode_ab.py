@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/decode_ab.py [--sizes S,M] [--threads 1] [--reps 5]
 
 "before" = HF forward with a dynamic KV cache (torch.cat per step, masks rebuilt per step: what
-``sample`` did originally); "static" = preallocated cache + ready-made 4-D masks; "fast" = static
+``sample`` did originally); "static" = preallocated cache + ready-made 4-D masks; "dense" = static
 cache + the fused Llama decode step with dense pre-transposed weights (``XOPD_DECODE_ONEDNN=0``);
-"fast" = the same step against oneDNN-packed weights (the default on CPU). Prints median wall and
-CPU seconds per rollout.
+"fast" = the same step as the default runs it (oneDNN-reordered weights on CPU for models of >= 8 M
+parameters, else the same as "dense"). Prints median wall and CPU seconds per rollout.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ def main() -> None:
         print(f"  shared_prompt {str(shared):5s} linear_kernel {kernel:5s}: {r['step_s']:.3f} s, "
               f"{base / r['step_s']:.2f}x")
 
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "True", sys.argv[5], sys.argv[6])

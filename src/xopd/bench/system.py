@@ -30,21 +30,26 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5) -> float:
-    """Best fp32 GFLOP/s of an ``n x n`` matmul with the current thread count (best of ``rounds``).
+def _best_gflops(product, n: int, reps: int, rounds: int) -> float:
+    """Best GFLOP/s of ``product(a, b)`` on two ``n x n`` fp32 matrices (best of ``rounds`` x ``reps``).
 
     Best-of: on a shared machine the maximum is the closest estimate of what the hardware does.
     """
     a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    torch.mm(a, b, out=out)  # warm-up (MKL init, page faults)
+    product(a, b)  # warm-up (library init, kernel build, page faults)
     best = 0.0
     for _ in range(rounds):
         t = time.perf_counter()
         for _ in range(reps):
-            torch.mm(a, b, out=out)
+            product(a, b)
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5) -> float:
+    """Best fp32 GFLOP/s of an ``n x n`` ``torch.mm`` (MKL on CPU) with the current thread count."""
+    out = torch.empty(n, n)
+    return _best_gflops(lambda a, b: torch.mm(a, b, out=out), n, reps, rounds)
 
 
 def onednn_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5) -> float | None:
@@ -54,15 +59,7 @@ def onednn_peak_gflops(n: int = 2048, reps: int = 5, rounds: int = 5) -> float |
 
     if not onednn_linear_available():
         return None
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    _gemm(a, b, None)  # warm-up (kernel build)
-    best = 0.0
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(reps):
-            _gemm(a, b, None)
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
-    return best
+    return _best_gflops(lambda a, b: _gemm(a, b, None), n, reps, rounds)
 
 
 def peak_rss_mb() -> float:

@@ -47,7 +47,7 @@ def run_x(args: BenchConfig, work: Path, threads: int, peak: float, use_trl: boo
                               spec=spec)
     runs: dict[str, list[dict[str, float]]] = {"shared": [], "unshared": [], "distillation": [], "gkd": []}
     variants = [("shared", True, "auto"), ("unshared", False, "auto")]
-    ab_kernel = linear_kernel_switches(sum(p.numel() for p in load_student(world.student).parameters()))
+    ab_kernel = linear_kernel_switches(world.params)
     if ab_kernel:  # the default step again with torch's (MKL) linears
         variants.append(("torch_linear", True, "torch"))
         runs["torch_linear"] = []

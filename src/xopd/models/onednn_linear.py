@@ -85,17 +85,24 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return out
 
 
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [..., in]`` -> ``(y [..., out], xp)``: ``xp`` is ``x`` as ``[rows, in]`` padded to its row
+    bucket (what the weight grad needs)."""
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    rows = x2.shape[0]
+    xp = _pad_rows(x2, row_bucket(rows))
+    y = _gemm(xp, weight.contiguous(), None if bias is None else bias.contiguous())[:rows]
+    return y.view(*x.shape[:-1], weight.shape[0]), xp
+
+
 class _OneDNNLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        rows = x2.shape[0]
-        xp = _pad_rows(x2, row_bucket(rows))
-        y = _gemm(xp, weight.contiguous(), None if bias is None else bias.contiguous())[:rows]
+        y, xp = _forward(x, weight, bias)
         ctx.save_for_backward(xp, weight)
         ctx.has_bias = bias is not None
         ctx.in_shape = x.shape
-        return y.view(*x.shape[:-1], weight.shape[0])
+        return y
 
     @staticmethod
     @once_differentiable
@@ -135,11 +142,7 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return _OneDNNLinearFn.apply(x, weight, bias)
-    # no graph to record (the teacher's scoring, evaluation): skip the autograd wrapper
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    rows = x2.shape[0]
-    y = _gemm(_pad_rows(x2, row_bucket(rows)), weight.contiguous(), None if bias is None else bias.contiguous())
-    return y[:rows].view(*x.shape[:-1], weight.shape[0])
+    return _forward(x, weight, bias)[0]  # no graph to record (teacher scoring, evaluation): no autograd wrapper
 
 
 class OneDNNLinear(nn.Linear):

@@ -33,7 +33,7 @@ def test_command_configs_check_their_values():
         PrepareConfig(stack=0).validate()
     quick = BenchConfig(quick=True)
     quick.validate()
-    assert (quick.sizes, quick.rounds, quick.rss) == ("XS", 1, False)
+    assert (quick.resolved().sizes, quick.resolved().rounds, quick.resolved().rss) == ("XS", 1, False)
     with pytest.raises(ConfigError, match="steps"):
         BenchConfig(steps=0).validate()
     with pytest.raises(ConfigError, match="nothing to evaluate"):

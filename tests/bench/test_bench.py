@@ -53,3 +53,15 @@ def test_quick_bench_writes_schema(tmp_path, capsys):
 def test_unknown_size_is_a_one_line_error(tmp_path, capsys):
     assert main(["bench", "--quick", "--sizes", "XL", "--work-dir", str(tmp_path)]) == 2
     assert "unknown size 'XL'" in capsys.readouterr().err
+
+
+def test_quick_caps_budgets_in_a_copy_and_leaves_the_given_config_alone():
+    from xopd.bench.config import BenchConfig
+
+    given = BenchConfig(quick=True, steps=5, prompts=16)
+    given.validate()
+    run = given.resolved()
+    assert (run.sizes, run.steps, run.warmup, run.rounds, run.max_new_tokens, run.prompts, run.rss) == (
+        "XS", 2, 1, 1, 8, 4, False)
+    assert (given.sizes, given.steps, given.prompts, given.rss) == ("S,M", 5, 16, None)
+    assert BenchConfig().resolved().rss is True and BenchConfig(sizes="M", quick=True).resolved().sizes == "M"

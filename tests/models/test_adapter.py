@@ -153,3 +153,37 @@ def test_freeze_covers_the_adapter(ctc_student_dir):
     assert trainable == {"adapter"}
     m.freeze()  # default: the paper's setting, only the LM trains
     assert not any(p.requires_grad for p in m.adapter.parameters())
+
+
+def _count_adapter_calls(m: SpeechLLM) -> list[int]:
+    calls = [0]
+    m.adapter.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_frozen_adapter_output_is_reused_for_the_same_clips_and_only_then(ctc_student_dir):
+    """X-OPD embeds its spoken prompts for the rollout and again for the update: a frozen adapter runs
+    once for both, and the second embedding (with grad) equals the first bit for bit."""
+    m = SpeechLLM.from_pretrained(ctc_student_dir).eval()
+    m.freeze()
+    calls = _count_adapter_calls(m)
+    prompts = [Prompt(None, audio=_wav(0.6, 1), view="S"), Prompt(None, audio=_wav(0.9, 2), view="S")]
+    with torch.no_grad():
+        first = m.embed_prompts(prompts)
+    again = m.embed_prompts(prompts)  # grad on: the LM's embeddings train, the adapter does not
+    assert calls[0] == 1
+    assert torch.equal(first.embeds, again.embeds.detach()) and again.embeds.requires_grad
+    m.embed_prompts(prompts[:1])  # other clips: computed
+    assert calls[0] == 2
+
+    with torch.no_grad():  # new adapter weights (load_state_dict, an optimizer step): computed again
+        m.adapter.head.bias.add_(0.5)
+    changed = m.embed_prompts(prompts[:1])
+    assert calls[0] == 3
+    m._adapter_memo = None
+    assert torch.equal(changed.embeds, m.embed_prompts(prompts[:1]).embeds)
+
+    m.freeze(adapter=False)  # a trainable adapter is never memoised
+    m.embed_prompts(prompts)
+    m.embed_prompts(prompts)
+    assert calls[0] == 6

@@ -88,3 +88,23 @@ def test_save_round_trip(teacher, tmp_path):
     sd1, sd2 = teacher.state_dict(), again.state_dict()
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     assert again.chat_ids("hi") == teacher.chat_ids("hi")
+
+
+def test_rendered_prompt_ids_are_memoised_by_everything_they_depend_on(tiny_teacher_dir):
+    from xopd.models.base import _RENDERED, render_messages_ids
+
+    tok = load_teacher(tiny_teacher_dir).tokenizer
+    msgs = [{"role": "user", "content": "what is 2 plus 3?"}]
+    fresh = tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"]
+    ids = render_messages_ids(tok, msgs)
+    assert ids == list(fresh) and len(_RENDERED[tok]) == 1
+    ids.append(-1)  # the caller's list is its own: the memo is not changed through it
+    assert render_messages_ids(tok, msgs) == list(fresh) and len(_RENDERED[tok]) == 1
+    saved, tok.chat_template = tok.chat_template, "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    try:  # another template renders anew
+        assert tok.decode(render_messages_ids(tok, msgs)) == "[what is 2 plus 3?]"
+    finally:
+        tok.chat_template = saved
+    listy = [{"role": "user", "content": "hi", "extra": ["not", "hashable"]}]
+    assert render_messages_ids(tok, listy) == render_messages_ids(tok, [{"role": "user", "content": "hi"}])

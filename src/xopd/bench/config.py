@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xopd.config import field
 from xopd.errors import ConfigError
@@ -30,9 +30,15 @@ class BenchConfig:
                 raise ConfigError(f"bench: --{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
         if self.warmup < 0 or self.threads < 0:
             raise ConfigError("bench: --warmup and --threads must be >= 0")
-        if self.quick:  # a smoke run: tiny sizes and budgets
-            self.sizes = "XS" if self.sizes == "S,M" else self.sizes
-            self.steps, self.warmup, self.rounds = min(self.steps, 2), min(self.warmup, 1), 1
-            self.max_new_tokens, self.prompts = min(self.max_new_tokens, 8), min(self.prompts, 4)
-        if self.rss is None:
-            self.rss = not self.quick
+
+    def resolved(self) -> BenchConfig:
+        """The budgets a run uses: ``--quick`` caps them for a smoke run and ``rss`` gets its default. A new
+        config, so the one the user gave (and ``validate`` checked) is never changed behind their back."""
+        out = replace(self)
+        if out.quick:
+            out.sizes = "XS" if out.sizes == "S,M" else out.sizes
+            out.steps, out.warmup, out.rounds = min(out.steps, 2), min(out.warmup, 1), 1
+            out.max_new_tokens, out.prompts = min(out.max_new_tokens, 8), min(out.prompts, 4)
+        if out.rss is None:
+            out.rss = not out.quick
+        return out

@@ -67,6 +67,7 @@ def run_bench(args: BenchConfig) -> dict[str, Any]:
     from xopd.utils.hf import quiet_hf
 
     quiet_hf()
+    args = args.resolved()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     bad = [s for s in sizes if s not in SIZES]
     if bad:

@@ -118,7 +118,7 @@ class SpeechLLM(EncoderCacheMixin, PolicyModel):
         if self.adapter is None:
             proj, n = self.projector(hidden.to(self.projector.fc1.weight.dtype), h_len)
             return proj.to(dtype), n
-        out = self.adapter(hidden.to(self.adapter.inp.weight.dtype), h_len)
+        out = self._adapter_output(hidden.to(self.adapter.inp.weight.dtype), h_len)
         if self.adapter.lm_input == "posterior":  # the LM's own embeddings of what was heard (LegoSLM)
             tok_emb = self.lm.get_input_embeddings()(out.token_ids)  # [B, N, k, D]
             embeds = (out.token_weights[..., None].to(tok_emb.dtype) * tok_emb).sum(-2)
@@ -133,6 +133,30 @@ class SpeechLLM(EncoderCacheMixin, PolicyModel):
             full[:, k:] = embeds
             embeds, lengths = full, lengths + k
         return embeds.to(dtype), lengths
+
+    def _adapter_output(self, hidden: torch.Tensor, lengths: torch.Tensor):
+        """The CTC adapter's output for ``hidden``; while the adapter is frozen the last batch's output is
+        reused when exactly the same states come again.
+
+        Why: an on-policy step embeds its spoken prompts twice, once for the rollout and once for the
+        update with grad (X-OPD, GKD, GRPO), and a frozen adapter gives the same output both times (same
+        inputs, same shapes, same kernels): in the demo's X-OPD step that second pass was ~5 % of the
+        step. Any change to the adapter's weights (an optimizer step, ``load_state_dict``) bumps their
+        version counters and clears the memo; a trainable adapter, dropout or inputs that carry grad
+        bypass it.
+        """
+        a = self.adapter
+        if a.training or hidden.requires_grad or any(p.requires_grad for p in a.parameters()):
+            self._adapter_memo = None
+            return a(hidden, lengths)
+        version = tuple(p._version for p in a.parameters())
+        memo = getattr(self, "_adapter_memo", None)
+        if (memo is not None and memo[0] == version and memo[1].shape == hidden.shape
+                and memo[2].shape == lengths.shape and torch.equal(memo[1], hidden) and torch.equal(memo[2], lengths)):
+            return memo[3]
+        out = a(hidden, lengths)
+        self._adapter_memo = (version, hidden, lengths, out)
+        return out
 
     def encode_hidden(self, wavs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """The audio tower's states ``(hidden [B, T, d_enc], lengths [B])`` (from the cache when enabled)."""

@@ -160,3 +160,40 @@ def test_baselines_two_processes_match_one(algo, extra, tiny_world, tmp_path):
     if "0.5" in extra:  # both kinds of micro-batch occurred, and on the same steps in both runs
         coins = [[r["on_policy"] for r in read_metrics(d / "metrics.jsonl") if "loss" in r] for d in (one, two)]
         assert coins[0] == coins[1] and 0 < sum(coins[0]) < len(coins[0])
+
+
+def test_fsdp2_and_ddp_with_onednn_linears_match_one_process(tmp_path):
+    """A student above ONEDNN_MIN_PARAMS trains through oneDNN's GEMM (``linear_kernel: auto``) on CPU; its
+    2-process runs must still reproduce the 1-process run: FSDP2 shards the swapped linears' parameters
+    and DDP all-reduces their oneDNN weight gradients. (The tiny models above stay on MKL.)"""
+    import json
+
+    from xopd.bench.models import build_bench_world
+    from xopd.models.onednn_linear import onednn_linear_available, select_linear_kernel
+
+    if not onednn_linear_available():
+        pytest.skip("this torch has no oneDNN linear")
+    world = build_bench_world("M", tmp_path / "world")  # 14.6 M parameters
+    assert select_linear_kernel("auto", torch.device("cpu"), torch.float32, load_student(world.student)) > 0
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"m{i}", "text_only": True, "text": p}) + "\n"
+                                for i, p in enumerate(world.prompts[:8])))
+    args = ["train", "--student_path", str(world.student), "--teacher_path", str(world.teacher),
+            "--manifest", str(manifest), "--algo", "xopd", "--lam", "1.0", "--n_samples", "2",
+            "--max_new_tokens", "6", "--batch_size", "8", "--micro_batch_size", "4", "--max_steps", "2",
+            "--save_every", "2", "--adam_eps", "1.0", "--lr", "1e-4", "--progress", "false", "--eval_prompts", "1",
+            "--threads", "1"]
+    one = tmp_path / "one"
+    assert main([*args, "--output_dir", str(one)]) == 0
+    for kind in ("ddp", "fsdp2"):
+        out = tmp_path / kind
+        _torchrun([*args, "--distributed", kind, "--output_dir", str(out)])
+        la, lb = _losses(one), _losses(out)
+        assert list(la) == list(lb) == [1, 2]
+        for s in la:
+            assert abs(la[s] - lb[s]) <= 1e-6 * max(1.0, abs(la[s])), f"{kind} step {s}: {la[s]} vs {lb[s]}"
+        wa = load_file(str(one / "checkpoint-2" / "model" / "model.safetensors"))
+        wb = load_file(str(out / "checkpoint-2" / "model" / "model.safetensors"))
+        assert sorted(wa) == sorted(wb)
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=f"{kind} weight {k}")

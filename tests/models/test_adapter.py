@@ -187,3 +187,15 @@ def test_frozen_adapter_output_is_reused_for_the_same_clips_and_only_then(ctc_st
     m.embed_prompts(prompts)
     m.embed_prompts(prompts)
     assert calls[0] == 6
+
+
+def test_adapter_memo_is_cleared_by_a_dtype_move(ctc_student_dir):
+    m = SpeechLLM.from_pretrained(ctc_student_dir).eval()
+    m.freeze()
+    calls = _count_adapter_calls(m)
+    prompts = [Prompt(None, audio=_wav(0.6, 1), view="S")]
+    with torch.no_grad():
+        m.embed_prompts(prompts)
+        m.to(torch.float64)  # .to() swaps the weights' storage without bumping their version counters
+        out = m.embed_prompts(prompts)
+    assert calls[0] == 2 and out.embeds.dtype == torch.float64

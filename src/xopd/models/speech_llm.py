@@ -149,10 +149,14 @@ class SpeechLLM(EncoderCacheMixin, PolicyModel):
         if a.training or hidden.requires_grad or any(p.requires_grad for p in a.parameters()):
             self._adapter_memo = None
             return a(hidden, lengths)
-        version = tuple(p._version for p in a.parameters())
+        # what the output depends on besides the states: the weights' values (version counters), and where
+        # and in which dtype they live (``.to()`` moves them without bumping the counters)
+        version = tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in a.parameters())
         memo = getattr(self, "_adapter_memo", None)
         if (memo is not None and memo[0] == version and memo[1].shape == hidden.shape
-                and memo[2].shape == lengths.shape and torch.equal(memo[1], hidden) and torch.equal(memo[2], lengths)):
+                and memo[1].device == hidden.device and memo[1].dtype == hidden.dtype
+                and memo[2].shape == lengths.shape and memo[2].device == lengths.device
+                and torch.equal(memo[1], hidden) and torch.equal(memo[2], lengths)):
             return memo[3]
         out = a(hidden, lengths)
         self._adapter_memo = (version, hidden, lengths, out)

@@ -62,6 +62,11 @@ def ensure_audio_token(tokenizer, audio_token: str) -> int:
     return int(ids[0])
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, device, dtype and values (``torch.equal`` alone raises across devices)."""
+    return a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and torch.equal(a, b)
+
+
 class SpeechLLM(EncoderCacheMixin, PolicyModel):
     """Audio encoder + projector + causal LM behind the :class:`PolicyModel` interface."""
 
@@ -153,10 +158,7 @@ class SpeechLLM(EncoderCacheMixin, PolicyModel):
         # and in which dtype they live (``.to()`` moves them without bumping the counters)
         version = tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in a.parameters())
         memo = getattr(self, "_adapter_memo", None)
-        if (memo is not None and memo[0] == version and memo[1].shape == hidden.shape
-                and memo[1].device == hidden.device and memo[1].dtype == hidden.dtype
-                and memo[2].shape == lengths.shape and memo[2].device == lengths.device
-                and torch.equal(memo[1], hidden) and torch.equal(memo[2], lengths)):
+        if memo is not None and memo[0] == version and _same(memo[1], hidden) and _same(memo[2], lengths):
             return memo[3]
         out = a(hidden, lengths)
         self._adapter_memo = (version, hidden, lengths, out)

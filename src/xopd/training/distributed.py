@@ -85,8 +85,7 @@ class DistContext:
             # pairs while a peer is still in the final checkpoint's collectives. Added against a rare abort
             # at interpreter exit ("terminate called without an active exception", SIGABRT, after "[xopd]
             # done"); it did not stop it (still ~1 in 70 runs of the 2-process test), cause unknown.
-            if self.world > 1:
-                dist.barrier()
+            self.barrier()
             dist.destroy_process_group()
 
 

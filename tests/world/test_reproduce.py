@@ -69,6 +69,20 @@ def test_paired_differences_hand_values():
     assert "xopd_l05" not in out and "heldout" not in out["sft"]
 
 
+def test_paired_differences_float_noise_is_no_spread():
+    """Seeds that differ by the same amount up to rounding (measured: 17.333333333333336 - 16.333333333333332
+    and the like) have a std of ~1e-15; that is no spread (sep inf), not a separation of 1e15 sd."""
+    from xopd.world.reproduce import paired_differences
+
+    def run(ds: float) -> dict:
+        return {"heldout": {"avg_drop_S": ds, "avg_drop_T": 1.0}}
+
+    per_row = {"xopd_l1": [run(17.333333333333336), run(18.0), run(16.666666666666668)],
+               "xopd_l05": [run(16.333333333333332), run(17.0), run(15.666666666666666)]}
+    d = paired_differences(per_row)["xopd_l1"]["heldout"]["avg_drop_S"]
+    assert 0 < d["std"] < 1e-12 and d["sep"] == float("inf")
+
+
 def test_own_style_references_keep_the_answer_and_change_the_wording():
     from xopd.metrics import extract_answer
     from xopd.world.reproduce import own_style

@@ -93,8 +93,8 @@ class DemoConfig:
                            "core's direct full-vocabulary variants")
     xopd_also: str = field("topk_forward_kl", help="comma list of further X-OPD losses, each trained from the "
                            "same stage-1 student with the same settings and reported as its own row "
-                           "(xopd_<loss>; '' = none). Measured (seed 0): the paper's pg closed dS 12.3 -> 8.7 %, "
-                           "topk_forward_kl (the teacher's top-k distribution at each sampled prefix) 12.3 -> 6.1 %")
+                           "(xopd_<loss>; '' = none). Measured (seed 0): the paper's pg closed dS 18.0 -> 14.5 %, "
+                           "topk_forward_kl (the teacher's top-k distribution at each sampled prefix) 18.0 -> 13.5 %")
     xopd_replay: int = field(8, help="rehearsal rows (ASR + audio-only, SFT on S) per X-OPD step against "
                              "forgetting (0: off, the paper's setting)")
     xopd_eval_prompts: int = field(32, help="prompts for the reverse-KL eval hook during X-OPD")

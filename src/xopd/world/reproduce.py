@@ -136,7 +136,10 @@ def paired_differences(per_row: dict[str, list[dict]], ref: str = "xopd_l05",
                 if not d:
                     continue
                 ms = _mean_std(d)
-                sep = abs(ms["mean"]) / ms["std"] if ms["std"] > 0 else (math.inf if ms["mean"] else 0.0)
+                # a std of float noise (every seed differs by the same amount, up to rounding in the
+                # averaging) counts as 0: dividing by it printed "971271274434666.0 sd"
+                spread = ms["std"] > 1e-9 * max(1.0, abs(ms["mean"]))
+                sep = abs(ms["mean"]) / ms["std"] if spread else (math.inf if ms["mean"] else 0.0)
                 out.setdefault(row, {}).setdefault(split, {})[key] = {**ms, "n": len(d), "sep": sep}
     return out
 

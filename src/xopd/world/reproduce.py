@@ -118,7 +118,8 @@ def paired_differences(per_row: dict[str, list[dict]], ref: str = "xopd_l05",
                        keys: tuple[str, ...] = ("avg_drop_S", "avg_drop_T")) -> dict:
     """Seed-paired difference of every row against ``ref``: for seed i, ``row_i - ref_i`` (the same data,
     stage-1 student and seed, so the seed's luck cancels), then mean and sample std over seeds, and
-    ``sep`` = mean / std (how many standard deviations apart; inf when every seed agrees exactly).
+    ``sep`` = mean / std (how many standard deviations apart; inf when every seed's difference
+    is the same up to float rounding: a std below 1e-9 x max(1, |mean|)).
     ``{row: {split: {key: {"mean", "std", "n", "sep"}}}}``; rows with another number of seeds
     (student_base, evaluated once) are paired with every seed of ``ref``."""
     if ref not in per_row:

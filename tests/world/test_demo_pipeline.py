@@ -28,14 +28,24 @@ def test_quick_demo_report_schema(tmp_path):
                 assert key in r
             # the same gap over the questions the front end heard exactly
             assert set(r["heard_right"]) == {"avg_drop_S", "avg_drop_T", "n"} and 0 <= r["heard_right"]["n"] <= 2 * 100
+            # per question kind: the kinds partition the benchmark questions, and each benchmark's accuracy
+            # is its kinds' accuracies weighted by their counts
+            kinds = r["per_kind"]
+            assert sum(k["n"] for k in kinds.values()) == sum(t["n"] for t in rep["teacher_per_kind"][split].values())
+            for bench in ("reasoning", "instruct"):
+                mine = {k: v for k, v in kinds.items() if k.startswith(bench + "/")}
+                n = sum(v["n"] for v in mine.values())
+                assert abs(sum(v["S"] * v["n"] for v in mine.values()) / n - r[bench]["S"]) < 1e-9
     assert set(rep["stage_seconds"]) == {"data", "encode", "teacher", "hearing", "stage1", "xopd", "eval"}
     for split in ("test", "heldout"):  # what the front end hears, and the cascade on it
         h = rep["hearing"][split]
         assert 0.0 <= h["numbers_right"] <= 1.0 and h["token_error"] >= 0.0
         for bench in ("reasoning", "instruct"):
             assert set(rep["cascade"][split][bench]) == {"front_end", "reference"}
+        assert all(set(v) == {"front_end", "reference", "n"} for v in rep["cascade"][split]["per_kind"].values())
     assert rep["seconds"] > 0 and rep["peak_rss_mb"] > 0
-    assert (out / "report.md").read_text().startswith("# xopd demo")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# xopd demo") and "## Where the gap is: accuracy per question kind (test)" in md
     assert (out / "gap.png").stat().st_size > 1000
     # a second run reuses every cached stage: no stage marker or checkpoint is rewritten
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xopd.data.manifest import Example
 from xopd.eval.generation import avg_drop
-from xopd.world.evaluate import item_scores, subset_accuracy
+from xopd.world.evaluate import item_kind, item_scores, per_kind, subset_accuracy
 
 
 def _ex(i: int, task: str, answer: str) -> Example:
@@ -23,3 +23,19 @@ def test_item_scores_and_subset_accuracy_by_hand():
     base = subset_accuracy(exs, [1.0, 1.0, 1.0, 1.0], {"q0", "q1", "q2", "q3"})
     sub = subset_accuracy(exs, scores, {"q0", "q1", "q2", "q3"})
     assert abs(avg_drop(base, sub, ["reasoning", "instruct"]) - 100.0 / 6) < 1e-12  # (1/3 + 0) / 2
+
+
+def test_item_kind_and_per_kind_by_hand():
+    exs = [
+        Example(id="a", text="x", task="instruct", answer="1", meta={"template": "instruct/reverse/s0"}),
+        Example(id="b", text="x", task="instruct", answer="1", meta={"template": "instruct/reverse/s1"}),
+        Example(id="c", text="x", task="reasoning", answer="1", meta={"template": "reasoning/birds"}),
+        Example(id="d", text="x", task="instruct", answer="1"),  # a user's row: no template -> its task
+    ]
+    assert [item_kind(e) for e in exs] == ["instruct/reverse", "instruct/reverse", "reasoning/birds", "instruct"]
+    assert per_kind(exs, [1.0, 0.0, 1.0, 0.0]) == {
+        "instruct": {"acc": 0.0, "n": 1},
+        "instruct/reverse": {"acc": 0.5, "n": 2},
+        "reasoning/birds": {"acc": 1.0, "n": 1},
+    }
+    assert per_kind([], []) == {}

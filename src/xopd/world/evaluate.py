@@ -36,6 +36,21 @@ def item_scores(examples: Sequence[Example], responses: Sequence[str]) -> list[f
     return [score_item(e.task, r, e.answer) for e, r in zip(examples, responses, strict=True)]
 
 
+def item_kind(example: Example) -> str:
+    """A mini-world question's kind: the first two parts of its template id (``instruct/reverse``,
+    ``reasoning/birds``); the task when the row names no template (a user's own manifest)."""
+    template = (example.meta or {}).get("template")
+    return "/".join(str(template).split("/")[:2]) if template else (example.task or "default")
+
+
+def per_kind(examples: Sequence[Example], scores: Sequence[float]) -> dict[str, dict[str, float]]:
+    """``{kind: {"acc": mean score, "n": questions}}``, kinds sorted: where a benchmark's errors sit."""
+    groups: dict[str, list[float]] = {}
+    for e, s in zip(examples, scores, strict=True):
+        groups.setdefault(item_kind(e), []).append(s)
+    return {k: {"acc": sum(v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
+
+
 def subset_accuracy(examples: Sequence[Example], scores: Sequence[float], keep: set[str]) -> dict[str, float]:
     """Per-benchmark accuracy over the examples whose id is in ``keep``."""
     out: dict[str, float] = {}
@@ -72,14 +87,18 @@ def evaluate_student(
     present = [b for b in BENCHES if b in out]
     out["avg_drop_S"] = avg_drop(teacher_T, {b: out[b]["S"] for b in present}, present)
     out["avg_drop_T"] = avg_drop(teacher_T, {b: out[b]["T"] for b in present}, present)
+    items_s, items_t = item_scores(bench, resp_s[: len(bench)]), item_scores(bench, resp_t)
+    if bench:
+        ks, kt = per_kind(bench, items_s), per_kind(bench, items_t)
+        out["per_kind"] = {k: {"S": ks[k]["acc"], "T": kt[k]["acc"], "n": ks[k]["n"]} for k in ks}
     if "audio_only" in s:
         out["audio_only_acc"] = s["audio_only"]
     if "asr_wer" in s:
         out["asr_wer"] = s["asr_wer"]
     if heard_right is not None and bench:
         ids, base = heard_right["ids"], heard_right["teacher"]
-        s_sub = subset_accuracy(bench, item_scores(bench, resp_s[: len(bench)]), ids)
-        t_sub = subset_accuracy(bench, item_scores(bench, resp_t), ids)
+        s_sub = subset_accuracy(bench, items_s, ids)
+        t_sub = subset_accuracy(bench, items_t, ids)
         out["heard_right"] = {"avg_drop_S": avg_drop(base, s_sub, present),
                               "avg_drop_T": avg_drop(base, t_sub, present),
                               "n": sum(e.id in ids for e in bench)}
@@ -121,15 +140,21 @@ def hearing_report(examples: Sequence[Example], heard: Sequence[str]) -> dict:
 def cascade_scores(teacher, examples: Sequence[Example], heard: Sequence[str], max_new_tokens: int,
                    batch_size: int, desc: str) -> dict:
     """The text teacher as the LLM of a cascade: it answers the front end's transcript (``front_end``)
-    and the normalised reference transcript (``reference``: lower case, no punctuation), per benchmark."""
+    and the normalised reference transcript (``reference``: lower case, no punctuation), per benchmark,
+    and per question kind under ``"per_kind"`` (``{kind: {"front_end", "reference", "n"}}``)."""
     bench = [(e, h) for e, h in zip(examples, heard) if e.task in BENCHES]
     if not bench:
         return {}
     fe = [replace(e, text=h or "?") for e, h in bench]
     ref = [replace(e, text=normalize_text(e.text) or "?") for e, _ in bench]
-    s_fe = score_view(teacher, fe, "T", max_new_tokens, batch_size, f"{desc} front end")
-    s_ref = score_view(teacher, ref, "T", max_new_tokens, batch_size, f"{desc} reference")
-    return {b: {"front_end": s_fe[b], "reference": s_ref[b]} for b in BENCHES if b in s_fe}
+    out: dict = {}
+    for key, rows in (("front_end", fe), ("reference", ref)):
+        resp = generate(teacher, rows, "T", max_new_tokens, batch_size, progress=True, desc=f"{desc} {key.replace('_', ' ')}")
+        for b, acc in score_responses(rows, resp).items():
+            out.setdefault(b, {})[key] = acc
+        for k, v in per_kind(rows, item_scores(rows, resp)).items():
+            out.setdefault("per_kind", {}).setdefault(k, {"n": v["n"]})[key] = v["acc"]
+    return out
 
 
 @dataclass
@@ -141,6 +166,7 @@ class Reference:
 
     teacher_by_split: dict = field(default_factory=dict)
     teacher_items: dict = field(default_factory=dict)  # split -> per-question teacher scores
+    teacher_per_kind: dict = field(default_factory=dict)  # split -> {kind: {"acc", "n"}}
     hearing: dict = field(default_factory=dict)
     cascade: dict = field(default_factory=dict)
     heard_right: dict = field(default_factory=dict)  # split -> {"ids": heard exactly, "teacher": acc on them}
@@ -155,6 +181,8 @@ def _teacher_reference(ref: Reference, teacher, splits: dict[str, list[Example]]
         sc = score_responses(bench, resp)
         ref.teacher_by_split[sp] = {b: {"T": sc[b]} for b in BENCHES if b in sc}
         ref.teacher_items[sp] = item_scores(bench, resp)
+        if bench:
+            ref.teacher_per_kind[sp] = per_kind(bench, ref.teacher_items[sp])
 
 
 def _hearing_reference(ref: Reference, teacher, model, name: str, splits: dict[str, list[Example]],
@@ -192,7 +220,8 @@ def evaluate_world(
     cache_file: str | None = None,
     reference: Reference | None = None,
 ) -> dict:
-    """``{"teacher": {BENCH: {"T"}}, "teacher_by_split": ..., "models": {name: {split: ...}}}``, plus
+    """``{"teacher": {BENCH: {"T"}}, "teacher_by_split": ..., "teacher_per_kind": {split: {kind: {"acc", "n"}}},
+    "models": {name: {split: {..., "per_kind": {kind: {"S", "T", "n"}}}}}}``, plus
     ``hearing`` and ``cascade`` per split when a student has a CTC front end (the first such student's:
     training never changes a frozen front end). ``reference``: reuse (and fill what it lacks) the teacher's
     scores and the hearing of an earlier call on the same ``splits``."""
@@ -213,7 +242,8 @@ def evaluate_world(
             models[name][sp] = evaluate_student(
                 model, splits.get(sp, []), base, max_new_tokens, batch_size, f"{name} {sp}", ref.heard_right.get(sp)
             )
-    out = {"teacher": ref.teacher_by_split["test"], "teacher_by_split": ref.teacher_by_split, "models": models}
+    out = {"teacher": ref.teacher_by_split["test"], "teacher_by_split": ref.teacher_by_split,
+           "teacher_per_kind": ref.teacher_per_kind, "models": models}
     if ref.hearing:
         out.update(hearing=ref.hearing, cascade=ref.cascade)
     return out

@@ -68,6 +68,26 @@ def hearing_md(report: dict) -> str:
     return "\n".join(lines)
 
 
+def per_kind_md(report: dict, split: str) -> str:
+    """Accuracy per question kind on one split: the teacher on T, the cascade on the normalised reference
+    transcript, and every model from S. Where a model's dS comes from; empty without per-kind scores."""
+    teacher = (report.get("teacher_per_kind") or {}).get(split) or {}
+    models = {name: m.get(split, {}).get("per_kind") for name, m in report["models"].items()}
+    models = {name: pk for name, pk in models.items() if pk}
+    if not teacher or not models:
+        return ""
+    cascade = ((report.get("cascade") or {}).get(split) or {}).get("per_kind") or {}
+    head = ["kind", "n", "teacher T", *(["cascade reference"] if cascade else []), *(f"{n} S" for n in models)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind, t in teacher.items():
+        cells = [kind, str(t["n"]), _pct(t["acc"])]
+        if cascade:
+            cells.append(_pct(cascade.get(kind, {}).get("reference")))
+        cells += [_pct(pk.get(kind, {}).get("S")) for pk in models.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None) -> None:
     """report.json, report.md and gap.png under ``root``; prints the tables."""
     atomic_write_text(root / "report.json", json.dumps(report, indent=2, default=str))
@@ -85,6 +105,16 @@ def write_demo_report(root: Path, report: dict, xopd_metrics: Path | None = None
     ):
         if split in report["teacher_by_split"]:
             parts += [f"\n## {title}\n", table_md(report, split), ""]
+    for split in ("test", "heldout"):
+        kinds = per_kind_md(report, split)
+        if kinds:
+            parts += [
+                f"\n## Where the gap is: accuracy per question kind ({split})\n",
+                "The teacher on T, the teacher on the normalised reference transcript (cascade reference: "
+                "lower case, no punctuation, what speech carries) and each model from S, in %.\n",
+                kinds,
+                "",
+            ]
     if report.get("hearing"):
         parts += [
             "\n## What the student hears\n",

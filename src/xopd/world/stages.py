@@ -291,7 +291,7 @@ def prepare_world(cfg: DemoConfig) -> World:
         cache.mark("hearing", hear_key, {"student": str(hearing_dir)})
     else:
         t0 = time.perf_counter()
-        log(f"stage teacher: up to {cfg.teacher_steps} steps")
+        log(f"stage teacher: up to {cfg.teacher_steps} steps" if need_teacher else "stage teacher: cached")
         teacher_report = ensure_teacher(teacher_dir, **teacher_kw, threads=cfg.threads)
         seconds["teacher"] = time.perf_counter() - t0
         if need_hearing:

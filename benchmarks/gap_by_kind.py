@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-BENCHES = ("reasoning", "instruct")
+from xopd.world.tasks import BENCHES
 
 
 def ds_points(report: dict, split: str, model: str, kinds: set[str]) -> float:

@@ -35,3 +35,11 @@ def test_per_kind_md_without_cascade_or_scores():
         "| kind | n | teacher T | student_base S | xopd S |")
     assert per_kind_md(_report(), "heldout") == ""  # no per-kind scores for that split
     assert per_kind_md({"models": {}}, "test") == ""
+
+
+def test_per_kind_md_of_a_reproduce_report_prints_mean_and_std():
+    rep = {
+        "teacher_per_kind": {"test": {"instruct/reverse": {"acc": 1.0, "n": 17}}},
+        "rows": {"sft": {"test": {"per_kind": {"instruct/reverse": {"S": {"mean": 0.25, "std": 0.125}, "n": 17}}}}},
+    }
+    assert per_kind_md(rep, "test", models_key="rows").splitlines()[2] == "| instruct/reverse | 17 | 100.0 | 25.0 ± 12.5 |"

@@ -40,6 +40,10 @@ def test_quick_reproduce_report_schema(tmp_path, monkeypatch):
                 assert set(r[key]) == {"mean", "std"}
             for bench in ("reasoning", "instruct"):
                 assert set(r[bench]) == {"S", "T"} and set(r[bench]["S"]) == {"mean", "std"}
+            # kinds partition the benchmarks: their question counts add up to the split's questions
+            assert set(r["per_kind"]) == set(rep["teacher_per_kind"][split])
+            assert sum(k["n"] for k in r["per_kind"].values()) == sum(
+                k["n"] for k in rep["teacher_per_kind"][split].values())
         assert rep["cost"][row]["tokens"]["mean"] > 0
         assert "chosen_lr" in rep["lr_sweep"][row]
     assert (out / "report.md").is_file() and (out / "avg_drop.png").is_file()
@@ -47,6 +51,8 @@ def test_quick_reproduce_report_schema(tmp_path, monkeypatch):
     assert set(rep["paired_vs_xopd_l05"]["sft"]["test"]["avg_drop_S"]) == {"mean", "std", "n", "sep"}
     assert "dS - xopd_l05 (seed-paired)" in (out / "report.md").read_text()
     assert "dS heard right %" in (out / "report.md").read_text()
+    assert "Where the gap is: accuracy per question kind — Test" in (out / "report.md").read_text()
+    assert set(rep["cascade"]) == set(rep["hearing"]) == {"test", "heldout"}
     assert rep["peak_rss_mb"] > 0
     eq = rep["equal_compute"]  # SFT for as many steps as xopd_l05's training time buys
     assert eq["row"] == "sft_equal_compute" and eq["steps"] == 2 * max(1, round(eq["time_ratio"]))
@@ -95,3 +101,18 @@ def test_own_style_references_keep_the_answer_and_change_the_wording():
     assert own_style("cat, dog, sun") == "cat, dog, sun"  # instruct answers are bare: nothing to restyle
     tok = build_world_tokenizer()  # every word is one the mini world's LM can say (no <unk>)
     assert tok.unk_token_id not in tok(mine)["input_ids"]
+
+
+def test_aggregate_runs_per_kind_hand_values():
+    """Per-kind accuracy is averaged over seeds like every other metric (sample std)."""
+    from xopd.world.reproduce import aggregate_runs
+
+    def run(s_rev: float, s_birds: float) -> dict:
+        return {"test": {"avg_drop_S": 1.0, "per_kind": {
+            "instruct/reverse": {"S": s_rev, "T": 1.0, "n": 17}, "reasoning/birds": {"S": s_birds, "T": 0.9, "n": 22}}}}
+
+    agg = aggregate_runs([run(0.0, 0.5), run(0.5, 1.0)])["test"]["per_kind"]
+    assert agg["instruct/reverse"] == {"S": {"mean": 0.25, "std": 0.125 ** 0.5},
+                                       "T": {"mean": 1.0, "std": 0.0}, "n": 17}
+    assert agg["reasoning/birds"]["S"]["mean"] == 0.75
+    assert "per_kind" not in aggregate_runs([{"test": {"avg_drop_S": 1.0}}])["test"]

@@ -68,14 +68,16 @@ def hearing_md(report: dict) -> str:
     return "\n".join(lines)
 
 
-def per_kind_md(report: dict, split: str) -> str:
+def per_kind_md(report: dict, split: str, models_key: str = "models") -> str:
     """Accuracy per question kind on one split: the teacher on T, the cascade on the normalised reference
-    transcript, and every model from S. Where a model's dS comes from; empty without per-kind scores."""
+    transcript, and every model from S. Where a model's dS comes from; empty without per-kind scores.
+    ``models_key="rows"`` reads an ``xopd reproduce`` report, whose cells are mean ± std over seeds."""
     teacher = (report.get("teacher_per_kind") or {}).get(split) or {}
-    models = {name: m.get(split, {}).get("per_kind") for name, m in report["models"].items()}
+    models = {name: m.get(split, {}).get("per_kind") for name, m in (report.get(models_key) or {}).items()}
     models = {name: pk for name, pk in models.items() if pk}
     if not teacher or not models:
         return ""
+    cell = (lambda v: _ms(v, 100)) if models_key == "rows" else _pct
     cascade = ((report.get("cascade") or {}).get(split) or {}).get("per_kind") or {}
     head = ["kind", "n", "teacher T", *(["cascade reference"] if cascade else []), *(f"{n} S" for n in models)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -83,7 +85,7 @@ def per_kind_md(report: dict, split: str) -> str:
         cells = [kind, str(t["n"]), _pct(t["acc"])]
         if cascade:
             cells.append(_pct(cascade.get(kind, {}).get("reference")))
-        cells += [_pct(pk.get(kind, {}).get("S")) for pk in models.values()]
+        cells += [cell(pk.get(kind, {}).get("S")) for pk in models.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -263,6 +265,11 @@ def write_reproduce_report(root: Path, report: dict) -> None:
     for split, title in (("test", "Test"), ("heldout", "Held-out (unseen voices and noise)")):
         parts += [f"\n## Table 1/2 analogue — {title}\n", reproduce_tables(report, split),
                   f"\n\n## Table 3 analogue (forgetting) — {title}\n", forgetting_table(report, split), ""]
+        kinds = per_kind_md(report, split, models_key="rows")
+        if kinds:
+            parts += [f"\n## Where the gap is: accuracy per question kind — {title}\n",
+                      "The teacher on T, the teacher on the normalised reference transcript (cascade reference: "
+                      "what speech carries) and each row from S, mean ± std over seeds, in %.\n", kinds, ""]
     parts.append("\n## Learning-rate sweep (dev avg_drop_S %, lower is better)\n")
     parts.append("| row | tried | chosen |\n|---|---|---|")
     for row, sw in report["lr_sweep"].items():

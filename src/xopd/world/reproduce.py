@@ -96,7 +96,8 @@ def _mean_std(xs: list[float]) -> dict[str, float]:
 
 
 def aggregate_runs(per_seed: list[dict]) -> dict:
-    """Mean/std over seeds of every metric of one row (``{split: {metric...}}`` per seed)."""
+    """Mean/std over seeds of every metric of one row (``{split: {metric...}}`` per seed), per benchmark and,
+    where the runs have them, per question kind (``per_kind: {kind: {"S", "T": mean/std, "n"}}``)."""
     out: dict = {}
     for split in ("test", "heldout"):
         runs = [r[split] for r in per_seed if split in r]
@@ -110,6 +111,11 @@ def aggregate_runs(per_seed: list[dict]) -> dict:
         for b in BENCHES:
             if any(b in r for r in runs):
                 agg[b] = {v: _mean_std([r[b][v] for r in runs if b in r]) for v in ("S", "T")}
+        kinds = [r["per_kind"] for r in runs if r.get("per_kind")]
+        if kinds:  # accuracy per question kind (world/evaluate.py::per_kind): which kinds a row moves
+            agg["per_kind"] = {k: {"S": _mean_std([pk[k]["S"] for pk in kinds if k in pk]),
+                                   "T": _mean_std([pk[k]["T"] for pk in kinds if k in pk]),
+                                   "n": kinds[0][k]["n"]} for k in kinds[0]}
         out[split] = agg
     return out
 
@@ -269,6 +275,9 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         "paired_vs_xopd_l05": paired_differences(per_row),
         "seeds": seeds,
         "teacher": base_eval["teacher_by_split"],
+        "teacher_per_kind": base_eval.get("teacher_per_kind") or {},
+        "hearing": base_eval.get("hearing") or {},
+        "cascade": base_eval.get("cascade") or {},
         "lr_sweep": sweep,
         "equal_compute": equal,
         "cost": {row: {"seconds": _mean_std([c["seconds"] for c in cs]),

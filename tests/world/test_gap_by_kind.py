@@ -33,3 +33,17 @@ def test_ds_points_by_hand_and_parts_add_up():
     # the whole split: reasoning (0.9 - 0.5) / 0.9, instruct (1.0 - 0.4) / 1.0, the report's Avg. Drop
     assert abs(gap_by_kind.ds_points(rep, "test", "m", everything) - 100 * ((0.4 / 0.9) + 0.6) / 2) < 1e-12
     assert gap_by_kind.ds_points(rep, "test", "m", set()) == 0.0
+
+
+def test_a_reproduce_report_is_read_through_its_means():
+    demo = _report()
+    kinds = demo["models"]["m"]["test"]["per_kind"]
+    rep = {"teacher": demo["teacher_by_split"], "teacher_per_kind": demo["teacher_per_kind"],
+           "rows": {"m": {"test": {"avg_drop_S": {"mean": 12.0, "std": 1.0},
+                                   "per_kind": {k: {"S": {"mean": v["S"], "std": 0.1}, "T": {"mean": 1.0, "std": 0.0},
+                                                    "n": v["n"]} for k, v in kinds.items()}}}}}
+    shaped = gap_by_kind.demo_shaped(rep)
+    assert shaped["models"]["m"]["test"]["avg_drop_S"] == 12.0
+    for k in kinds:
+        assert gap_by_kind.ds_points(shaped, "test", "m", {k}) == gap_by_kind.ds_points(demo, "test", "m", {k})
+    assert gap_by_kind.demo_shaped(demo) is demo

@@ -11,23 +11,12 @@ onednn`` does). One process, interleaved, so the ratios compare like with like.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-
-def _median_s(f, n: int = 20) -> float:
-    for _ in range(3):
-        f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from xopd.bench.system import median_seconds
 
 
 def _product_row(d_in: int, d_out: int, rows: int) -> list[float]:
@@ -41,7 +30,7 @@ def _product_row(d_in: int, d_out: int, rows: int) -> list[float]:
         lambda: g @ w, lambda: _gemm(g, w.t().contiguous(), None),
         lambda: g.t() @ x, lambda: _gemm(g.t().contiguous(), x.t().contiguous(), None),
     ]  # fmt: skip
-    return [gf / _median_s(c) for c in calls]
+    return [gf / median_seconds(c) for c in calls]
 
 
 def products(rows: int = 16 * 77) -> None:
@@ -78,7 +67,7 @@ def _model_ab(size: str) -> str:
     for _ in range(2):  # interleaved rounds, best of each
         for kind in res:
             ol.use_onednn_linears(lm) if kind == "onednn" else ol.use_torch_linears(lm)
-            res[kind].append((_median_s(fwd_bwd, 8), _median_s(fwd, 8)))
+            res[kind].append((median_seconds(fwd_bwd, 8), median_seconds(fwd, 8)))
     tb, tf = (min(v) for v in zip(*res["torch"]))
     ob, of = (min(v) for v in zip(*res["onednn"]))
     return (f"{size}: forward+backward {tb:.3f} -> {ob:.3f} s ({tb / ob:.2f}x), "

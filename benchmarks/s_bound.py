@@ -18,7 +18,6 @@ decode), what two ways of cutting overhead would buy, measured side by side in o
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,18 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from xopd.bench.system import median_seconds
+
 ROWS, LEN, RESP, STEPS = 16, 77, 48, 47  # the bench's S step: 16 prompts of ~29 tokens + 48 new tokens
-
-
-def _median_s(f, n: int = 20) -> float:
-    for _ in range(3):
-        f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def _bare_forward(lm, emb: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -97,8 +87,8 @@ def training(lm, peak: float) -> None:
     gdiff = max(float((a - b).abs().max()) for a, b in zip(grads[0][1], grads[1][1], strict=True))
     print(f"training forward+backward, {ROWS} x {LEN} positions: log-prob sum HF {grads[0][0]:.4f} / bare "
           f"{grads[1][0]:.4f}, max gradient difference {gdiff:.1e}")
-    hf, bare = _median_s(lambda: step(False)), _median_s(lambda: step(True))
-    hf2 = _median_s(lambda: step(False))  # HF again: the run-to-run spread of the comparison
+    hf, bare = median_seconds(lambda: step(False)), median_seconds(lambda: step(True))
+    hf2 = median_seconds(lambda: step(False))  # HF again: the run-to-run spread of the comparison
     print(f"  HF {1000 * hf:.1f} ms (again: {1000 * hf2:.1f}), bare functional {1000 * bare:.1f} ms: "
           f"bare / HF = {hf / bare:.2f}x")
     from torch.profiler import ProfilerActivity, profile
@@ -154,7 +144,7 @@ def decoding(lm) -> None:
             for j in range(STEPS):
                 f(x0, torch.tensor([LEN - STEPS + j]), masks[j])
 
-    eager = _median_s(lambda: loop(step), 10)
+    eager = median_seconds(lambda: loop(step), 10)
     print(f"decode, {STEPS} steps of {ROWS} rows (static shapes): eager {1000 * eager:.1f} ms "
           f"({1000 * eager / STEPS:.2f} ms a step)")
     try:
@@ -162,8 +152,8 @@ def decoding(lm) -> None:
         t0 = time.perf_counter()
         loop(compiled)
         first = time.perf_counter() - t0
-        comp = _median_s(lambda: loop(compiled), 10)
-        eager2 = _median_s(lambda: loop(step), 10)
+        comp = median_seconds(lambda: loop(compiled), 10)
+        eager2 = median_seconds(lambda: loop(step), 10)
     except Exception as e:  # no C++ compiler, or an inductor limitation on this platform
         print(f"  torch.compile: not available here ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
         return

@@ -65,3 +65,11 @@ def test_quick_caps_budgets_in_a_copy_and_leaves_the_given_config_alone():
         "XS", 2, 1, 1, 8, 4, False)
     assert (given.sizes, given.steps, given.prompts, given.rss) == ("S,M", 5, 16, None)
     assert BenchConfig().resolved().rss is True and BenchConfig(sizes="M", quick=True).resolved().sizes == "M"
+
+
+def test_median_seconds_calls_warmup_plus_n_and_returns_a_duration():
+    from xopd.bench.system import median_seconds
+
+    calls = []
+    t = median_seconds(lambda: calls.append(1), n=5, warmup=2)
+    assert len(calls) == 7 and 0.0 <= t < 1.0

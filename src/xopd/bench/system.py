@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -28,6 +30,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def median_seconds(f: Callable[[], object], n: int = 20, warmup: int = 3) -> float:
+    """Median wall seconds of ``n`` calls of ``f`` after ``warmup`` untimed ones (the A/B probes in
+    ``benchmarks/``: the median ignores the odd call a busy machine slows down)."""
+    for _ in range(warmup):
+        f()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
 
 
 def _best_gflops(product, n: int, reps: int, rounds: int) -> float:

@@ -77,7 +77,10 @@ def per_kind_md(report: dict, split: str, models_key: str = "models") -> str:
     models = {name: pk for name, pk in models.items() if pk}
     if not teacher or not models:
         return ""
-    cell = (lambda v: _ms(v, 100)) if models_key == "rows" else _pct
+
+    def cell(v: float | dict | None) -> str:  # a reproduce row's cell is {"mean", "std"} over seeds
+        return _ms(v, 100) if isinstance(v, dict) else _pct(v)
+
     cascade = ((report.get("cascade") or {}).get(split) or {}).get("per_kind") or {}
     head = ["kind", "n", "teacher T", *(["cascade reference"] if cascade else []), *(f"{n} S" for n in models)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -197,3 +197,19 @@ def test_fsdp2_and_ddp_with_onednn_linears_match_one_process(tmp_path):
         assert sorted(wa) == sorted(wb)
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0, msg=f"{kind} weight {k}")
+
+
+def test_a_torchrun_worker_skips_interpreter_finalisation(monkeypatch):
+    """`python -m xopd.cli` under torchrun ends with os._exit (the rare gloo abort at finalisation);
+    a single process exits normally."""
+    import xopd.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli.os, "_exit", lambda code: calls.append(code))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cli.exit_process(3)
+    assert calls == [3]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as e:
+        cli.exit_process(0)
+    assert e.value.code == 0 and calls == [3]

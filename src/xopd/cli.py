@@ -103,5 +103,10 @@ def exit_process(code: int) -> None:
         sys.exit(code)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``xopd`` console script: :func:`main`, then :func:`exit_process`."""
     exit_process(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from xopd.world.tasks import BENCHES
+from xopd.lab.world.tasks import BENCHES
 
 
 def ds_points(report: dict, split: str, model: str, kinds: set[str]) -> float:

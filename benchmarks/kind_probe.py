@@ -31,12 +31,12 @@ DEFAULT_RUNS = ("xopd-pg:2e-4:150,xopd-topk_forward_kl:2e-4:150,sft:2e-4:150,xop
 
 
 def main() -> None:
-    from xopd.training.trainer import train as run_train
-    from xopd.world.config import DemoConfig
-    from xopd.world.data import by_task
-    from xopd.world.evaluate import evaluate_world, item_kind
-    from xopd.world.pipeline import xopd_train_cfg
-    from xopd.world.stages import (
+    from xopd.lab.train import run_train
+    from xopd.lab.world.config import DemoConfig
+    from xopd.lab.world.data import by_task
+    from xopd.lab.world.evaluate import evaluate_world, item_kind
+    from xopd.lab.world.pipeline import xopd_train_cfg
+    from xopd.lab.world.stages import (
         CACHE_DTYPE,
         REHEARSAL_TASKS,
         encoder_cache_file,
@@ -44,7 +44,7 @@ def main() -> None:
         prepare_world,
         xopd_pool,
     )
-    from xopd.world.tasks import BENCHES
+    from xopd.lab.world.tasks import BENCHES
 
     demo_dir = sys.argv[1] if len(sys.argv) > 1 else "runs/demo"
     kind = sys.argv[2] if len(sys.argv) > 2 else "instruct/reverse"

@@ -1,4 +1,4 @@
-"""torch's fp32 linear (MKL) against xopd's oneDNN linear (``models/onednn_linear.py``), side by side.
+"""torch's fp32 linear (MKL) against xopd's oneDNN linear (``cpu/onednn_linear.py``), side by side.
 
 Per product of the bench's models (rows = 16 prompts x 77 positions): GFLOP/s of the forward
 ``x @ W.T``, the input grad ``g @ W`` and the weight grad ``g.T @ x``, each the median of 20 calls; then
@@ -16,12 +16,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from xopd.bench.system import median_seconds
+from xopd.lab.bench.system import median_seconds
 
 
 def _product_row(d_in: int, d_out: int, rows: int) -> list[float]:
     """GFLOP/s of forward, input grad and weight grad, MKL then oneDNN for each."""
-    from xopd.models.onednn_linear import _gemm
+    from xopd.cpu.onednn_linear import _gemm
 
     x, w, g = torch.randn(rows, d_in), torch.randn(d_out, d_in), torch.randn(rows, d_out)
     gf = 2 * rows * d_in * d_out / 1e9
@@ -45,8 +45,8 @@ def products(rows: int = 16 * 77) -> None:
 def _model_ab(size: str) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import xopd.models.onednn_linear as ol
-    from xopd.bench.models import SIZES
+    import xopd.cpu.onednn_linear as ol
+    from xopd.lab.bench.models import SIZES
 
     spec = SIZES[size]
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def _model_ab(size: str) -> str:
 
 
 def models() -> None:
-    import xopd.models.onednn_linear as ol
+    import xopd.cpu.onednn_linear as ol
 
     ol.MIN_MACS = 0  # every product to oneDNN, as in the product table
     print("16 x 77 tokens, torch's linears -> oneDNN linears:")
@@ -84,8 +84,8 @@ def models() -> None:
 
 
 def main() -> None:
-    from xopd.bench.system import cpu_model
-    from xopd.models.onednn_linear import onednn_linear_available
+    from xopd.cpu.onednn_linear import onednn_linear_available
+    from xopd.lab.bench.system import cpu_model
 
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     torch.set_num_threads(threads)

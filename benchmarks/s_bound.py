@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xopd.bench.system import median_seconds
+from xopd.lab.bench.system import median_seconds
 
 ROWS, LEN, RESP, STEPS = 16, 77, 48, 47  # the bench's S step: 16 prompts of ~29 tokens + 48 new tokens
 
@@ -166,8 +166,8 @@ def main() -> None:
     torch.set_num_threads(threads)
     from transformers import AutoModelForCausalLM
 
-    from xopd.bench.models import build_bench_world
-    from xopd.bench.system import cpu_model, matmul_peak_gflops
+    from xopd.lab.bench.models import build_bench_world
+    from xopd.lab.bench.system import cpu_model, matmul_peak_gflops
 
     world = build_bench_world("S", Path("runs/bench_sbound"))
     lm = AutoModelForCausalLM.from_pretrained(world.student, dtype=torch.float32).train()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    from xopd.world.config import DemoConfig
-    from xopd.world.evaluate import evaluate_world
-    from xopd.world.stages import CACHE_DTYPE, encoder_cache_file, prepare_world
+    from xopd.lab.world.config import DemoConfig
+    from xopd.lab.world.evaluate import evaluate_world
+    from xopd.lab.world.stages import CACHE_DTYPE, encoder_cache_file, prepare_world
 
     demo_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
     budgets = [int(b) for b in (sys.argv[2] if len(sys.argv) > 2 else "150,300,600").split(",")]

@@ -23,12 +23,12 @@ SETTINGS = (1, 10, 50, 0)
 
 
 def child(demo_dir: str, steps: int, every: int, out: str) -> None:
+    from xopd.lab.train import run_train
+    from xopd.lab.world.config import DemoConfig
+    from xopd.lab.world.data import text_only_rows
+    from xopd.lab.world.stages import encoder_cache_file, prepare_world, train_cfg
+    from xopd.lab.world.tasks import BENCHES
     from xopd.training.logging import read_metrics
-    from xopd.training.trainer import train as run_train
-    from xopd.world.config import DemoConfig
-    from xopd.world.data import text_only_rows
-    from xopd.world.stages import encoder_cache_file, prepare_world, train_cfg
-    from xopd.world.tasks import BENCHES
 
     cfg = DemoConfig(output_dir=demo_dir)
     world = prepare_world(cfg)  # every stage cached: loads the splits

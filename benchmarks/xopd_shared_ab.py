@@ -9,7 +9,7 @@ encoder cache and stage-1 student): ``STEPS`` steps of the demo's own X-OPD run 
 * ``shared_prompt: true, linear_kernel: torch``: each prompt computed once for its 4 samples (rollout
   prefill, teacher scoring, student update);
 * ``shared_prompt: true, linear_kernel: auto`` (the default): plus oneDNN's GEMM for the student's and
-  the teacher's linears on CPU (``models/onednn_linear.py``).
+  the teacher's linears on CPU (``cpu/onednn_linear.py``).
 
 Prints the median step seconds after 3 warm-up steps and the speedups against the first, in one run.
 
@@ -27,13 +27,13 @@ from pathlib import Path
 
 
 def child(demo_dir: str, steps: int, shared: bool, kernel: str, out: str) -> None:
+    from xopd.lab.train import run_train
+    from xopd.lab.world.config import DemoConfig
+    from xopd.lab.world.data import by_task
+    from xopd.lab.world.pipeline import xopd_train_cfg
+    from xopd.lab.world.stages import REHEARSAL_TASKS, prepare_world, xopd_pool
+    from xopd.lab.world.tasks import BENCHES
     from xopd.training.logging import read_metrics
-    from xopd.training.trainer import train as run_train
-    from xopd.world.config import DemoConfig
-    from xopd.world.data import by_task
-    from xopd.world.pipeline import xopd_train_cfg
-    from xopd.world.stages import REHEARSAL_TASKS, prepare_world, xopd_pool
-    from xopd.world.tasks import BENCHES
 
     cfg = DemoConfig(output_dir=demo_dir)
     world = prepare_world(cfg)  # every stage cached: loads the splits

@@ -1,6 +1,6 @@
 """Shared test fixtures: one tiny teacher/student/manifest world per test session.
 
-Built with :func:`xopd.models.tiny.build_tiny_world` (offline, seeded, ~2 s). Session-scoped and
+Built with :func:`xopd.lab.tiny.build_tiny_world` (offline, seeded, ~2 s). Session-scoped and
 read-only by convention: a test that modifies a model must copy the directory first.
 """
 
@@ -10,6 +10,10 @@ import os
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# kernel measurements of the CPU kit (xopd.cpu.autotune) go to a throw-away cache, not the user's
+import tempfile  # noqa: E402
+
+os.environ.setdefault("XOPD_CACHE_DIR", tempfile.mkdtemp(prefix="xopd-test-cache-"))
 
 import pytest  # noqa: E402
 
@@ -35,7 +39,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> dict[str, str]:
     """Paths of a tiny world: ``root``, ``teacher``, ``student``, ``manifest``, ``audio_dir``."""
-    from xopd.models.tiny import build_tiny_world
+    from xopd.lab.tiny import build_tiny_world
 
     return build_tiny_world(tmp_path_factory.mktemp("tiny_world"), n=8, seed=0)
 

@@ -6,11 +6,11 @@ import argparse
 
 import pytest
 
-from xopd.bench.config import BenchConfig
 from xopd.config import from_namespace
 from xopd.data.config import DataCheckConfig, SynthConfig
 from xopd.errors import ConfigError
 from xopd.eval.config import EvalConfig
+from xopd.lab.bench.config import BenchConfig
 from xopd.models.config import ComposeConfig, PrepareConfig
 
 

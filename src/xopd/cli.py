@@ -22,19 +22,18 @@ TRAIN_EPILOG = """examples:
 
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from xopd.config import load_config, overrides_from_namespace, parse_overrides
-    from xopd.training.config import TrainConfig
-    from xopd.training.trainer import train
+    from xopd.lab.train import LabTrainConfig, run_train
 
-    overrides = {**overrides_from_namespace(args, TrainConfig), **parse_overrides(rest)}
-    cfg = load_config(TrainConfig, args.config, overrides)
-    out = train(cfg)
+    overrides = {**overrides_from_namespace(args, LabTrainConfig), **parse_overrides(rest)}
+    cfg = load_config(LabTrainConfig, args.config, overrides)
+    out = run_train(cfg)
     print(f"[xopd] done: {out}")
     return 0
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     from xopd.config import add_help_for
-    from xopd.training.config import TrainConfig
+    from xopd.lab.train import LabTrainConfig
 
     parser = argparse.ArgumentParser(
         prog="xopd",
@@ -49,8 +48,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
                        description="Train a speech-LLM student against a text teacher. Every key below can "
                        "be set in the YAML file or overridden as --key value.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file with TrainConfig keys")
-    add_help_for(p, TrainConfig)
+    p.add_argument("--config", help="YAML file with the keys below")
+    add_help_for(p, LabTrainConfig)
     handlers["train"] = cmd_train
 
     from xopd import commands
@@ -69,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if rest and args.command not in ("train", "demo", "reproduce"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from xopd import cpu
+
     try:
-        return int(handlers[args.command](args, rest) or 0)
+        # the CPU speed kit's decode backend for this command: it takes only CPU calls, a GPU run never meets it
+        with cpu.activated():
+            return int(handlers[args.command](args, rest) or 0)
     except XopdError as e:
         print(f"xopd {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -90,11 +93,11 @@ def exit_process(code: int) -> None:
     interpreter's finalisation.
 
     Why: after a finished 2-process gloo run whose group was destroyed, a rank sometimes aborts during
-    finalisation ("terminate called without an active exception", SIGABRT; measured: once in 55-70 loops
-    of the 4 two-process baseline tests), and torchrun then reports the finished job as failed. Upstream
-    describes the same abort (Gloo threads still holding objects while the interpreter tears down;
-    pytorch/pytorch PR 179291, abandoned). By this point every checkpoint and log is written atomically
-    and closed; stdout and stderr are flushed here."""
+    finalisation ("terminate called without an active exception", SIGABRT; rare, seen in repeated loops
+    of the two-process baseline tests: docs/BENCHMARKS.md, 'Gloo abort at exit'), and torchrun then
+    reports the finished job as failed. Upstream describes the same abort (Gloo threads still holding
+    objects while the interpreter tears down; pytorch/pytorch PR 179291, abandoned). By this point every
+    checkpoint and log is written atomically and closed; stdout and stderr are flushed here."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         sys.stdout.flush()
         sys.stderr.flush()

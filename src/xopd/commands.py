@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     """Add subcommand parsers and their handlers. Each module owns its own parser."""
     # data check | synth | eval | models prepare | demo, reproduce | bench
     for module_name in ("xopd.data.cli", "xopd.data.synth_cli", "xopd.eval.cli", "xopd.models.cli",
-                        "xopd.world.cli", "xopd.bench.cli"):
+                        "xopd.lab.world.cli", "xopd.lab.bench.cli"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -100,6 +100,10 @@ def build(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
     for key, value in values.items():
         norm = key.replace("-", "_")
         if norm not in fields:
+            moved = getattr(cls, "moved_keys", {}).get(norm)
+            if moved:
+                raise ConfigError(f"{source}: '{key}' is not a key of {cls.__name__}: it moved to {moved}; "
+                                  "`xopd train` accepts it as before")
             close = [f for f in fields if f.startswith(norm[:4])][:3]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"{source}: unknown key '{key}'{hint}; see `xopd train --help` for all keys")

@@ -25,6 +25,7 @@ from xopd.cli import main
 from xopd.data.manifest import read_manifest
 from xopd.errors import ConfigError, DataError
 from xopd.generation import response_logits
+from xopd.lab.train import LabTrainConfig
 from xopd.models import check_tokenizer_alignment, load_student, load_teacher
 from xopd.training.config import TrainConfig
 from xopd.training.logging import read_metrics
@@ -87,8 +88,8 @@ def test_config_ranges():
         (dict(algo="grpo", n_samples=1), "n_samples"),
     ):
         with pytest.raises(ConfigError, match=key):
-            TrainConfig(bootstrap="tiny", **bad).validate()
-    TrainConfig(bootstrap="tiny", algo="grpo", n_samples=2, gkd_lambda=0.0, gkd_beta=1.0).validate()
+            LabTrainConfig(bootstrap="tiny", **bad).validate()
+    LabTrainConfig(bootstrap="tiny", algo="grpo", n_samples=2, gkd_lambda=0.0, gkd_beta=1.0).validate()
 
 
 # ----------------------------------------------------------------------------- GRPO
@@ -148,6 +149,7 @@ def test_grpo_rows_without_answer_fail_clearly(models, tiny_world, tmp_path):
 # ----------------------------------------------------------------------------- GKD
 def _spy_sample(monkeypatch, module):
     """Record which model every rollout samples (through ``Algorithm.rollout`` or ``module.sample``)."""
+    import xopd.algos.base as algo_base
     import xopd.generation.sampling as rollout_mod
 
     calls = []
@@ -158,6 +160,7 @@ def _spy_sample(monkeypatch, module):
         return orig(model, *a, **k)
 
     monkeypatch.setattr(rollout_mod, "sample", spy)
+    monkeypatch.setattr(algo_base, "sample", spy)  # Algorithm.rollout's own binding
     if hasattr(module, "sample"):
         monkeypatch.setattr(module, "sample", spy)
     return calls

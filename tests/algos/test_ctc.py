@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from xopd.cli import main
+from xopd.lab.tiny import build_tiny_student
 from xopd.models.speech_llm import SpeechLLM
-from xopd.models.tiny import build_tiny_student
 from xopd.training.logging import read_metrics
 
 

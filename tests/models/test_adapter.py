@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from xopd.lab.tiny import build_tiny_student
 from xopd.models.adapter import CTCAdapter
 from xopd.models.base import Prompt
 from xopd.models.speech_llm import SpeechLLM
-from xopd.models.tiny import build_tiny_student
 
 
 def _adapter(**kw) -> CTCAdapter:

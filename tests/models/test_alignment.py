@@ -7,8 +7,8 @@ import torch
 from transformers import AutoTokenizer
 
 from xopd.errors import AlignmentError
+from xopd.lab.tiny import DEFAULT_WORDS, build_tiny_tokenizer
 from xopd.models.alignment import assert_same_response_length, check_tokenizer_alignment
-from xopd.models.tiny import DEFAULT_WORDS, build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def test_text_lm_rejects_audio_in_history(tiny_teacher_dir) -> None:
 
 
 def test_qwen2_audio_numbers_and_expands_every_audio_turn(tmp_path) -> None:
-    from xopd.models.tiny import build_tiny_qwen2_audio
+    from xopd.lab.tiny import build_tiny_qwen2_audio
 
     model = build_tiny_qwen2_audio(tmp_path / "q", seed=0).eval()
     a1, a2 = _wav(0.5, 5), _wav(1.0, 6)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from xopd.errors import ModelError
+from xopd.lab.tiny import build_tiny_qwen2_audio
 from xopd.models.base import Prompt, position_ids_from_mask
 from xopd.models.loading import load_student
 from xopd.models.qwen2_audio import Qwen2AudioStudent
-from xopd.models.tiny import build_tiny_qwen2_audio
 
 
 def _wav(seconds: float, seed: int) -> np.ndarray:

@@ -20,7 +20,7 @@ QWEN3_OMNI_TOKENS = ["<|audio_start|>", "<|audio_pad|>", "<|audio_end|>"]
 def _tokenizer(extra: list[str]):
     from tokenizers import AddedToken
 
-    from xopd.models.tiny import build_tiny_tokenizer
+    from xopd.lab.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in extra], special_tokens=True)
@@ -70,7 +70,7 @@ def _audio_cfg(**kw) -> dict:
 def build_qwen2_audio(root: Path) -> tuple[str, str]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from xopd.models.tiny import QWEN2_AUDIO_TOKENS, build_tiny_qwen2_audio
+    from xopd.lab.tiny import QWEN2_AUDIO_TOKENS, build_tiny_qwen2_audio
 
     tok = _tokenizer(QWEN2_AUDIO_TOKENS)
     build_tiny_qwen2_audio(root / "student", tokenizer=tok, seed=0)
@@ -200,7 +200,7 @@ def test_vocab_mismatch_is_one_clear_line(tmp_path: Path, tiny_world, capsys) ->
     """A teacher whose tokenizer differs beyond padding is refused before any training."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from xopd.models.tiny import build_tiny_tokenizer
+    from xopd.lab.tiny import build_tiny_tokenizer
 
     other = build_tiny_tokenizer(words=["completely", "different", "words", "here"] * 3)
     torch.manual_seed(0)

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from xopd.errors import ModelError
+from xopd.lab.tiny import build_tiny_tokenizer, tiny_whisper_config
 from xopd.models.base import Prompt
 from xopd.models.encoder import AudioEncoder
 from xopd.models.loading import load_student, student_kind
 from xopd.models.projector import FrameStackProjector
 from xopd.models.speech_llm import SpeechLLM
 from xopd.models.text_lm import TextLM
-from xopd.models.tiny import build_tiny_tokenizer, tiny_whisper_config
 
 
 def _wav(seconds: float, seed: int) -> np.ndarray:
@@ -241,7 +241,7 @@ def test_load_student_dispatch_and_errors(tiny_teacher_dir, tmp_path):
 def test_tiny_world_is_complete_deterministic_and_idempotent(tiny_world):
     import soundfile as sf
 
-    from xopd.models.tiny import build_tiny_world
+    from xopd.lab.tiny import build_tiny_world
 
     rows = [json.loads(line) for line in open(tiny_world["manifest"])]
     assert len(rows) == 8

@@ -173,6 +173,6 @@ def test_subprocess_train_errors_have_no_traceback(tiny_world, data_dir, tmp_pat
 )
 def test_demo_config_errors_are_one_line(argv, expect, capsys):
     """`xopd demo` (being built elsewhere) shares the config machinery: same one-line errors, exit 2."""
-    pytest.importorskip("xopd.world.pipeline")
+    pytest.importorskip("xopd.lab.world.pipeline")
     assert main(argv) == 2
     assert expect in one_line_error(capsys.readouterr().err)

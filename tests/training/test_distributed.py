@@ -163,18 +163,18 @@ def test_baselines_two_processes_match_one(algo, extra, tiny_world, tmp_path):
 
 
 def test_fsdp2_and_ddp_with_onednn_linears_match_one_process(tmp_path):
-    """A student above ONEDNN_MIN_PARAMS trains through oneDNN's GEMM (``linear_kernel: auto``) on CPU; its
-    2-process runs must still reproduce the 1-process run: FSDP2 shards the swapped linears' parameters
-    and DDP all-reduces their oneDNN weight gradients. (The tiny models above stay on MKL.)"""
+    """A student trained through oneDNN's GEMM (``linear_kernel: onednn``; ``auto`` picks it only where it
+    measures faster) must reproduce the 1-process run in 2 processes: FSDP2 shards the swapped linears'
+    parameters and DDP all-reduces their oneDNN weight gradients."""
     import json
 
-    from xopd.bench.models import build_bench_world
-    from xopd.models.onednn_linear import onednn_linear_available, select_linear_kernel
+    from xopd.cpu.onednn_linear import onednn_linear_available, select_linear_kernel
+    from xopd.lab.bench.models import build_bench_world
 
     if not onednn_linear_available():
         pytest.skip("this torch has no oneDNN linear")
     world = build_bench_world("M", tmp_path / "world")  # 14.6 M parameters
-    assert select_linear_kernel("auto", torch.device("cpu"), torch.float32, load_student(world.student)) > 0
+    assert select_linear_kernel("onednn", torch.device("cpu"), torch.float32, load_student(world.student)) > 0
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": f"m{i}", "text_only": True, "text": p}) + "\n"
                                 for i, p in enumerate(world.prompts[:8])))
@@ -182,7 +182,7 @@ def test_fsdp2_and_ddp_with_onednn_linears_match_one_process(tmp_path):
             "--manifest", str(manifest), "--algo", "xopd", "--lam", "1.0", "--n_samples", "2",
             "--max_new_tokens", "6", "--batch_size", "8", "--micro_batch_size", "4", "--max_steps", "2",
             "--save_every", "2", "--adam_eps", "1.0", "--lr", "1e-4", "--progress", "false", "--eval_prompts", "1",
-            "--threads", "1"]
+            "--threads", "1", "--linear_kernel", "onednn"]
     one = tmp_path / "one"
     assert main([*args, "--output_dir", str(one)]) == 0
     for kind in ("ddp", "fsdp2"):

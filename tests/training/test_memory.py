@@ -12,15 +12,11 @@ from reliability._helpers import fast_args  # tests/ is on sys.path (rootdir con
 from xopd.algos.xopd import XOPD
 from xopd.cli import main
 from xopd.data.manifest import read_manifest
+from xopd.lab.train import LabTrainConfig as TrainConfig
 from xopd.models import load_student, load_teacher
-from xopd.training.config import TrainConfig
 from xopd.training.logging import read_metrics
-from xopd.training.memory import (
-    apply_lora,
-    enable_gradient_checkpointing,
-    load_adapter,
-    mark_checkpointed_layers,
-)
+from xopd.training.lora import apply_lora, load_adapter
+from xopd.training.memory import enable_gradient_checkpointing, mark_checkpointed_layers
 
 ARGS = fast_args(max_new_tokens=6, lr="1e-2", save_every=2, lora_r=4, lora_targets="q_proj,v_proj")
 

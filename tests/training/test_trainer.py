@@ -75,13 +75,13 @@ def test_config_errors_are_one_line(tiny_world, tmp_path, capsys):
 def test_train_help_documents_every_field(capsys):
     from dataclasses import fields
 
-    from xopd.training.config import TrainConfig
+    from xopd.lab.train import LabTrainConfig
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text
-    for f in fields(TrainConfig):
+    for f in fields(LabTrainConfig):  # the core's keys, the CPU kit's and the lab's
         assert f"--{f.name}" in text
 
 
@@ -134,10 +134,10 @@ def test_every_command_help_renders(capsys):
 def test_shared_prompt_off_and_trim_cadence_change_speed_not_results(tiny_world, tmp_path, monkeypatch):
     """``shared_prompt: false`` (each sample recomputes its prompt, as TRL does) and the heap-trim cadence
     are speed/memory knobs: the losses match the default run's; trims happen every N-th step."""
-    import xopd.training.trainer as trainer_mod
+    import xopd.cpu as cpu_kit
 
     trims = []
-    monkeypatch.setattr(trainer_mod, "trim_heap", lambda: trims.append(1) or True)
+    monkeypatch.setattr(cpu_kit, "trim_heap", lambda: trims.append(1) or True)
     a, b = tmp_path / "shared", tmp_path / "unshared"
     assert main(_args(tiny_world, a, 4, "--trim_heap_every", "1")) == 0
     assert len(trims) == 4  # every step
@@ -157,7 +157,7 @@ def test_onednn_linear_kernel_changes_speed_not_results(tiny_world, tmp_path, mo
     """``linear_kernel: onednn`` (forced on for the tiny models, which auto leaves on MKL, and for every
     product however small) trains the same step 1 as ``torch``, up to float rounding; then both stay
     finite."""
-    import xopd.models.onednn_linear as ol
+    import xopd.cpu.onednn_linear as ol
 
     if not ol.onednn_linear_available():
         pytest.skip("this torch has no oneDNN linear")

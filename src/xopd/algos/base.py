@@ -7,13 +7,17 @@ loss functions in ``xopd.losses`` rather than copying them.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from xopd.data.manifest import Example
+from xopd.errors import ConfigError
+from xopd.generation import derive_seed, sample
 from xopd.models.base import PolicyModel, Prompt
 
 
@@ -49,17 +53,48 @@ def make_prompts(examples: Sequence[Example], view: str, max_audio_seconds: floa
     return [make_prompt(ex, view, max_audio_seconds) for ex in examples]
 
 
+@dataclass(frozen=True)
+class AlgoContext:
+    """Facts about the run an algorithm may need besides its own config: where outputs go, which
+    teacher (for cache keys), the run's seed and the longest audio a prompt keeps."""
+
+    seed: int = 0
+    output_dir: str = "."
+    teacher_path: str | None = None
+    max_audio_seconds: float | None = None
+
+    @classmethod
+    def of(cls, cfg: Any) -> AlgoContext:
+        """The context of a training config (any object with these attributes; missing ones default)."""
+        return cls(**{f.name: getattr(cfg, f.name, f.default) for f in dataclasses.fields(cls)})
+
+
+def own_config(cls: type, cfg: Any) -> Any:
+    """An instance of exactly ``cls`` with its fields read from ``cfg`` (e.g. the flat ``TrainConfig``)."""
+    if type(cfg) is cls:
+        return cfg
+    missing = [f.name for f in dataclasses.fields(cls) if not hasattr(cfg, f.name)]
+    if missing:
+        raise ConfigError(f"config: {cls.__name__} needs {', '.join(missing)}, which {type(cfg).__name__} lacks")
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
 class Algorithm(ABC):
-    """Base class. Subclasses set ``name`` and implement ``step``."""
+    """Base class. Subclasses set ``name`` and ``config_cls`` and implement ``step``.
+
+    ``self.cfg`` is an instance of ``config_cls`` only (:mod:`xopd.algos.configs`): an algorithm sees
+    its own keys and nothing else; run facts come as ``self.ctx`` (:class:`AlgoContext`).
+    """
 
     name: str = ""
     uses_teacher: bool = True
-    #: the config groups (:mod:`xopd.algos.configs`) whose keys this algorithm reads, besides the
-    #: trainer's own; ``xopd train --help`` and docs/DESIGN.md list them per algorithm
-    config_cls: tuple[type, ...] = ()
+    #: the algorithm's own typed config; ``xopd train --help`` and docs/DESIGN.md list its keys
+    config_cls: type = object
 
-    def __init__(self, cfg, student: PolicyModel, teacher: PolicyModel | None, vocab_limit: int | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg, student: PolicyModel, teacher: PolicyModel | None = None, vocab_limit: int | None = None,
+                 context: AlgoContext | None = None):
+        self.cfg = own_config(self.config_cls, cfg)
+        self.ctx = context if context is not None else AlgoContext.of(cfg)
         self.student = student
         self.teacher = teacher
         self.vocab_limit = vocab_limit
@@ -79,8 +114,6 @@ class Algorithm(ABC):
         ``prompts`` is a :class:`~xopd.models.base.PromptBatch` whose rows follow the examples (repeated
         once per stream block, as X-OPD's views are).
         """
-        from xopd.generation.sampling import derive_seed, sample
-
         cfg = self.cfg
         seeds = getattr(generator, "prompt_seeds", None)
         rows = prompts.embeds.shape[0]
@@ -89,5 +122,4 @@ class Algorithm(ABC):
             blocks = rows // len(seeds)
             row_seeds = [derive_seed(s, stream + b) for b in range(blocks) for s in seeds]
         return sample(model, prompts, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
-                      vocab_limit=self.vocab_limit if vocab_limit is None else vocab_limit, row_seeds=row_seeds,
-                      fast_decode=cfg.fast_decode, decode_threads=cfg.decode_threads)
+                      vocab_limit=self.vocab_limit if vocab_limit is None else vocab_limit, row_seeds=row_seeds)

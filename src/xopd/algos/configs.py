@@ -1,8 +1,10 @@
-"""Per-algorithm settings, one dataclass each (TRL's ``GKDConfig`` style).
+"""Per-algorithm settings, one typed config each (TRL's ``GKDConfig`` style).
 
-``xopd.training.config.TrainConfig`` inherits all of them, so one YAML file or command line sets
-every key flat (``lam: 0.5``, ``gkd_beta: 0.0``) while each algorithm declares the group it reads
-(:attr:`xopd.algos.base.Algorithm.config_cls`). Validation of a group lives with the group.
+Each algorithm's config (``XOPDConfig``, ``SFTConfig``, ...) is built from the shared groups it reads
+(``RolloutConfig``, ``PolicyLossConfig``, ...) plus its own keys, and the algorithm receives an
+instance of exactly that class (:attr:`xopd.algos.base.Algorithm.config_cls`), nothing else.
+``xopd.training.config.TrainConfig`` inherits all of them, so one YAML file or command line still sets
+every key flat (``lam: 0.5``, ``gkd_beta: 0.0``). Validation of a group lives with the group.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from dataclasses import dataclass
 from xopd.config import field
 from xopd.errors import ConfigError
 from xopd.losses.functional import AGG_MODES
+from xopd.losses.registry import DIRECT_LOSSES
 
-LOSSES = ("pg", "reverse_kl", "jsd", "topk_forward_kl")
+#: "pg" (the paper) and the registered direct losses
+LOSSES = ("pg", *DIRECT_LOSSES)
 
 
 def _bad(key: str, why: str) -> ConfigError:
@@ -29,10 +33,6 @@ class RolloutConfig:
     temperature: float = field(1.0, help="sampling temperature (student log-probs use the same)")
     top_p: float = field(1.0, help="nucleus sampling (1.0 = off)")
     top_k: int = field(0, help="top-k sampling (0 = off)")
-    fast_decode: bool = field(True, help="rollouts with a preallocated KV cache and a lean decode step for "
-                              "Llama-family LMs (same tokens and log-probs up to float rounding)")
-    decode_threads: int = field(0, help="CPU threads while decoding rollouts (0 = auto: 1 thread for small "
-                                "models, whose decode steps are overhead-bound, else all)")
 
     def check(self) -> None:
         if self.temperature <= 0:
@@ -42,10 +42,21 @@ class RolloutConfig:
 
 
 @dataclass
-class PolicyLossConfig:
-    """How per-token losses become one number, and the PPO-style knobs of policy-gradient losses."""
+class LossAggConfig:
+    """How per-token losses become one number, and how the vocabulary is chunked on the way."""
 
     agg: str = field("seq-mean-token-mean", choices=AGG_MODES, help="how per-token losses are averaged")
+    logprob_chunk: int = field(0, help="rows per chunk for log-softmax over the vocab (0 = no chunking)")
+
+    def check(self) -> None:
+        if self.logprob_chunk < 0:
+            raise _bad("logprob_chunk", f"must be >= 0 (0: no chunking), got {self.logprob_chunk}")
+
+
+@dataclass
+class PolicyLossConfig(LossAggConfig):
+    """The PPO-style knobs of policy-gradient losses."""
+
     clip_eps: float | None = field(None, help="PPO clip range for the importance ratio (None: no clip)")
     clip_eps_high: float | None = field(None, help="upper clip range (default: clip_eps)")
     entropy_coef: float = field(0.0, help="entropy bonus weight (0 = off)")
@@ -56,7 +67,7 @@ class PolicyLossConfig:
 
 
 @dataclass
-class XOPDConfig:
+class XOPDConfig(RolloutConfig, PolicyLossConfig):
     """X-OPD (docs/DESIGN.md section 2): the views' mix and the per-token loss."""
 
     lam: float = field(0.5, help="X-OPD lambda: weight of the in-modal (T) term; 1-lam on cross-modal (S)")
@@ -74,9 +85,10 @@ class XOPDConfig:
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(LossAggConfig):
     """SFT and offline KD: supervised cross-entropy on references or teacher outputs."""
 
+    max_new_tokens: int = field(64, help="longest sampled response (sft: references are cut to it)")
     sft_view: str = field("S", choices=("S", "T"), help="prompt view for sft/offline_kd (S: speech, as the paper)")
     label_smoothing: float = field(0.0, help="sft/offline_kd: label smoothing of the cross-entropy (0 = off)")
 
@@ -86,7 +98,7 @@ class SFTConfig:
 
 
 @dataclass
-class GKDConfig:
+class GKDConfig(RolloutConfig, LossAggConfig):
     """GKD (Agarwal et al.; TRL's GKDTrainer): mixed on-/off-policy generalised JSD."""
 
     gkd_lambda: float = field(0.5, help="gkd: probability that a micro-batch trains on the student's own samples "
@@ -102,7 +114,7 @@ class GKDConfig:
 
 
 @dataclass
-class OfflineKDConfig:
+class OfflineKDConfig(RolloutConfig, SFTConfig):
     """Offline KD: SFT on the teacher's own responses, generated once and cached."""
 
     kd_cache: str | None = field(None, help="offline_kd: JSONL cache of teacher responses, shareable across runs "
@@ -116,7 +128,7 @@ class OfflineKDConfig:
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(RolloutConfig, PolicyLossConfig):
     """GRPO: group-normalised verifiable rewards."""
 
     grpo_reward: str = field("task", choices=("task", "exact"), help="grpo: task = score by the row's task "

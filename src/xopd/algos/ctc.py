@@ -9,7 +9,7 @@ model such as Whisper writes it, from pauses and intonation); off, the targets a
 ``ctc_augment`` (SpecAugment-style, Park et al. 2019, on the frozen encoder's states): two time masks
 of up to 10 frames (0.2 s) per clip and 10 % channel dropout, drawn from the step's generator so a
 resumed run sees the same masks; with the adapter's own dropout, this is what keeps a small adapter
-from memorising a few thousand clips (measured: held-out token error 1.5 % -> 1.2 %).
+from memorising a few thousand clips (it lowered the held-out token error; docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ def spec_augment(hidden: torch.Tensor, lengths: torch.Tensor, generator: torch.G
 class CTC(Algorithm):
     name = "ctc"
     uses_teacher = False
-    config_cls = (CTCConfig,)
+    config_cls = CTCConfig
 
-    def __init__(self, cfg, student, teacher=None, vocab_limit=None) -> None:
-        super().__init__(cfg, student, teacher, vocab_limit)
+    def __init__(self, cfg, student, teacher=None, vocab_limit=None, context=None) -> None:
+        super().__init__(cfg, student, teacher, vocab_limit, context)
         if student.adapter is None:
             raise ConfigError("config: algo 'ctc' needs a student with a CTC adapter (compose one with "
                               "`xopd models compose --adapter ctc`)")
@@ -68,7 +68,7 @@ class CTC(Algorithm):
         if not rows:
             zero = sum(p.sum() * 0.0 for p in student.adapter.parameters())
             return StepOutput(loss=zero, metrics={"ctc": 0.0})
-        wavs = [e.load_waveform(max_seconds=cfg.max_audio_seconds) for e in rows]
+        wavs = [e.load_waveform(max_seconds=self.ctx.max_audio_seconds) for e in rows]
         hidden, h_len = student.encode_hidden(wavs)
         adapter = student.adapter
         hidden = hidden.to(adapter.inp.weight.dtype)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.configs import GKDConfig, PolicyLossConfig, RolloutConfig
+from xopd.algos.configs import GKDConfig
 from xopd.algos.sft import reference_of, tokenize_responses
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError
@@ -35,10 +35,10 @@ COIN_STREAM = 0x6B6D  # the coin's own stream of a prompt seed (the rollout's sa
 
 class GKD(Algorithm):
     name = "gkd"
-    config_cls = (GKDConfig, RolloutConfig, PolicyLossConfig)
+    config_cls = GKDConfig
 
-    def __init__(self, cfg, student, teacher, vocab_limit=None):
-        super().__init__(cfg, student, teacher, vocab_limit)
+    def __init__(self, cfg, student, teacher, vocab_limit=None, context=None):
+        super().__init__(cfg, student, teacher, vocab_limit, context)
         if teacher is None:
             raise ConfigError("config: algo gkd needs a teacher (set teacher_path)")
 
@@ -60,7 +60,7 @@ class GKD(Algorithm):
         needs_refs = cfg.gkd_lambda < 1.0 and not cfg.gkd_seq_kd
         refs = [reference_of(ex) for ex in examples] if needs_refs else []
         on_policy = self.draw_on_policy(generator)
-        s_prompts = make_prompts(examples, "S", cfg.max_audio_seconds)
+        s_prompts = make_prompts(examples, "S", self.ctx.max_audio_seconds)
         t_prompts = make_prompts(examples, "T")
         generated = 0
         with torch.no_grad():

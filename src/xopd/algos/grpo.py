@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.configs import GRPOConfig, PolicyLossConfig, RolloutConfig
+from xopd.algos.configs import GRPOConfig
 from xopd.data.manifest import Example
 from xopd.errors import DataError
 from xopd.generation import response_logits
@@ -84,7 +84,7 @@ def sampling_vocab(model, vocab_limit: int | None) -> int:
 class GRPO(Algorithm):
     name = "grpo"
     uses_teacher = False
-    config_cls = (GRPOConfig, RolloutConfig, PolicyLossConfig)
+    config_cls = GRPOConfig
 
     def rewards(
         self, examples: Sequence[Example], texts: Sequence[str], prompt_index: torch.Tensor
@@ -107,7 +107,7 @@ class GRPO(Algorithm):
                 )
         n = cfg.n_samples
         vocab = sampling_vocab(student, self.vocab_limit)
-        prompts = make_prompts(examples, "S", cfg.max_audio_seconds)
+        prompts = make_prompts(examples, "S", self.ctx.max_audio_seconds)
         with torch.no_grad():
             ro = self.rollout(student, student.embed_prompts(prompts), n, generator, vocab_limit=vocab)
         texts = decode_responses(student.tokenizer, ro.ids, ro.mask)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from xopd.algos.base import StepOutput, make_prompts
-from xopd.algos.configs import OfflineKDConfig, PolicyLossConfig, RolloutConfig, SFTConfig
+from xopd.algos.configs import OfflineKDConfig
 from xopd.algos.grpo import decode_responses
 from xopd.algos.sft import SFT
 from xopd.data.manifest import Example
@@ -102,19 +102,20 @@ class TeacherResponseCache:
 class OfflineKD(SFT):
     name = "offline_kd"
     uses_teacher = True
-    config_cls = (OfflineKDConfig, SFTConfig, RolloutConfig, PolicyLossConfig)
+    config_cls = OfflineKDConfig
     response_field = RESPONSE_FIELD
 
-    def __init__(self, cfg, student, teacher, vocab_limit=None):
-        super().__init__(cfg, student, teacher, vocab_limit)
+    def __init__(self, cfg, student, teacher, vocab_limit=None, context=None):
+        super().__init__(cfg, student, teacher, vocab_limit, context)
+        cfg = self.cfg
         if teacher is None:
             raise ConfigError(
                 "config: algo offline_kd needs a teacher to write its responses (set teacher_path)"
             )
-        path = cfg.kd_cache or Path(cfg.output_dir) / "kd_cache.jsonl"
+        path = cfg.kd_cache or Path(self.ctx.output_dir) / "kd_cache.jsonl"
         self.cache = TeacherResponseCache(path)
-        if cfg.teacher_path:
-            self.teacher_id = str(Path(cfg.teacher_path).resolve())
+        if self.ctx.teacher_path:
+            self.teacher_id = str(Path(self.ctx.teacher_path).resolve())
         else:
             self.teacher_id = str(
                 getattr(teacher.causal_lm().config, "_name_or_path", "") or type(teacher).__name__
@@ -131,7 +132,7 @@ class OfflineKD(SFT):
             "vocab_limit": self.vocab_limit,
         }
         if temp > 0:
-            out.update(top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)
+            out.update(top_p=cfg.top_p, top_k=cfg.top_k, seed=self.ctx.seed)
         return out
 
     def key(self, example: Example) -> str:
@@ -145,8 +146,8 @@ class OfflineKD(SFT):
         temp = settings["temperature"]
         # One batched call. Sampled rows draw from per-example seeds (seed, example id), so a response
         # is independent of batch composition, rank and order; greedy needs no seed. Same decode path
-        # (fast decode, decode threads) as every on-policy rollout.
-        row_seeds = [int(_digest([cfg.seed, ex.id])[:15], 16) for ex in examples] if temp > 0 else None
+        # (and decode backend) as every on-policy rollout.
+        row_seeds = [int(_digest([self.ctx.seed, ex.id])[:15], 16) for ex in examples] if temp > 0 else None
         ro = sample(
             teacher,
             teacher.embed_prompts(make_prompts(examples, "T")),
@@ -155,11 +156,9 @@ class OfflineKD(SFT):
             temp,
             cfg.top_p,
             cfg.top_k,
-            torch.Generator(device=teacher.device).manual_seed(cfg.seed),
+            torch.Generator(device=teacher.device).manual_seed(self.ctx.seed),
             vocab_limit=self.vocab_limit,
             row_seeds=row_seeds,
-            fast_decode=cfg.fast_decode,
-            decode_threads=cfg.decode_threads,
         )
         rollouts = [(ro, i) for i in range(len(examples))]
         rows = []

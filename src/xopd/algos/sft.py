@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.configs import PolicyLossConfig, SFTConfig
+from xopd.algos.configs import SFTConfig
 from xopd.data.manifest import Example
 from xopd.errors import DataError
 from xopd.generation import response_logits
@@ -45,7 +45,7 @@ def reference_of(example: Example, field: str = "reference") -> str:
 class SFT(Algorithm):
     name = "sft"
     uses_teacher = False
-    config_cls = (SFTConfig, PolicyLossConfig)
+    config_cls = SFTConfig
     response_field = "reference"
 
     def step(self, examples: Sequence[Example], generator: torch.Generator) -> StepOutput:
@@ -54,7 +54,7 @@ class SFT(Algorithm):
         texts = [reference_of(ex, self.response_field) for ex in examples]
         ids, mask = tokenize_responses(student.tokenizer, texts, student.eos_token_ids[0], student.pad_token_id,
                                        cfg.max_new_tokens, student.device)
-        batch = student.embed_prompts(make_prompts(examples, view, cfg.max_audio_seconds))
+        batch = student.embed_prompts(make_prompts(examples, view, self.ctx.max_audio_seconds))
         logits = response_logits(student, batch, ids, mask)
         nll = sft_cross_entropy(logits, ids, mask, label_smoothing=cfg.label_smoothing)
         loss = aggregate(nll, mask, cfg.agg)

@@ -18,18 +18,16 @@ from collections.abc import Sequence
 import torch
 
 from xopd.algos.base import Algorithm, StepOutput, make_prompts
-from xopd.algos.configs import PolicyLossConfig, RolloutConfig, XOPDConfig
+from xopd.algos.configs import XOPDConfig
 from xopd.data.manifest import Example
 from xopd.generation import response_logits, response_logprobs
 from xopd.losses import (
     advantage,
     aggregate,
+    direct_loss,
     entropy_from_logits,
-    forward_kl_topk,
     gather_logprobs,
-    generalized_jsd,
     policy_gradient_loss,
-    reverse_kl,
 )
 from xopd.models.alignment import assert_same_response_length
 
@@ -42,76 +40,84 @@ def view_weights(lam: float) -> list[tuple[str, float]]:
 
 
 class XOPD(Algorithm):
+    """Names below: ``student_*`` / ``teacher_*`` say whose forward a tensor comes from; the views are
+    always spelled out (``view`` "S" = speech, "T" = text), never abbreviated to a prefix."""
+
     name = "xopd"
-    config_cls = (XOPDConfig, RolloutConfig, PolicyLossConfig)
+    config_cls = XOPDConfig
 
     def step(self, examples: Sequence[Example], generator: torch.Generator) -> StepOutput:
         cfg, student, teacher = self.cfg, self.student, self.teacher
         views = view_weights(cfg.lam)
         n = cfg.n_samples
-        s_prompts, t_prompts = [], []
+        # the student reads each kept view; the teacher always reads the transcript (T)
+        student_prompts, teacher_prompts = [], []
         for view, _ in views:
-            s_prompts += make_prompts(examples, view, cfg.max_audio_seconds)
-            t_prompts += make_prompts(examples, "T")
-        rows_per_view = len(examples) * n
+            student_prompts += make_prompts(examples, view, self.ctx.max_audio_seconds)
+            teacher_prompts += make_prompts(examples, "T")
+        direct = cfg.loss != "pg"
+        chunk = cfg.logprob_chunk or None
 
-        # 1. rollout (no grad; the sampling log-probs are pi_old)
+        # 1. rollout (no grad; the sampling log-probs are pi_old); 2. the teacher scores the same ids given T
         with torch.no_grad():
-            s_batch = student.embed_prompts(s_prompts)
             # one stream per view (S = 0, T = 1): a prompt's S and T samples are independent
-            ro = self.rollout(student, s_batch, n, generator, stream=VIEW_STREAM[views[0][0]])
-            # 2. teacher scores the same token ids given T
-            t_batch = teacher.embed_prompts(t_prompts)  # each prompt once: its n responses share it
-            direct = cfg.loss != "pg"
-            if direct:
-                t_logits = response_logits(teacher, t_batch, ro.ids, ro.mask, n=n)[..., : self.vocab_limit]
-                t_lp = gather_logprobs(t_logits, ro.ids, chunk_size=cfg.logprob_chunk or None, mask=ro.mask)
-            else:
-                t_lp = response_logprobs(teacher, t_batch, ro.ids, ro.mask, vocab_limit=self.vocab_limit,
-                                         chunk_size=cfg.logprob_chunk, n=n)
-        assert_same_response_length(ro.ids, t_lp)
+            ro = self.rollout(student, student.embed_prompts(student_prompts), n, generator,
+                              stream=VIEW_STREAM[views[0][0]])
+            teacher_logits, teacher_lp = self._teacher_scores(teacher.embed_prompts(teacher_prompts), ro, n, direct)
+        assert_same_response_length(ro.ids, teacher_lp)
 
         # 3. student forward with grad (prompt embeddings recomputed so trainable parts get grads)
-        s_train = student.embed_prompts(s_prompts)
-        s_logits = response_logits(student, s_train, ro.ids, ro.mask, n=n)[..., : self.vocab_limit]
-        s_lp = gather_logprobs(s_logits, ro.ids, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk or None)
+        student_logits = response_logits(student, student.embed_prompts(student_prompts), ro.ids, ro.mask,
+                                         n=n)[..., : self.vocab_limit]
+        student_lp = gather_logprobs(student_logits, ro.ids, temperature=cfg.temperature, chunk_size=chunk)
         mask = ro.mask
-        chunk = cfg.logprob_chunk or None
         if direct:
-            if cfg.loss == "reverse_kl":
-                per_tok = reverse_kl(s_logits, t_logits, mask, temperature=cfg.temperature, chunk_size=chunk)
-            elif cfg.loss == "jsd":
-                per_tok = generalized_jsd(s_logits, t_logits, mask, beta=cfg.jsd_beta, temperature=cfg.temperature,
-                                          chunk_size=chunk)
-            else:
-                per_tok = forward_kl_topk(s_logits, t_logits, mask, k=cfg.topk, chunk_size=chunk)
-            adv = advantage(t_lp, ro.logprobs, mask, estimator="k1")  # logged only
+            per_tok = direct_loss(cfg.loss)(student_logits, teacher_logits, mask, temperature=cfg.temperature,
+                                            jsd_beta=cfg.jsd_beta, topk=cfg.topk, chunk_size=chunk)
+            adv = advantage(teacher_lp, ro.logprobs, mask, estimator="k1")  # logged only
         else:
-            adv = advantage(t_lp, ro.logprobs, mask, estimator=cfg.estimator)
+            per_tok = None
+            adv = advantage(teacher_lp, ro.logprobs, mask, estimator=cfg.estimator)
         # per-token k1 estimate of KL(student on its view || teacher on T), for logging
-        kl_tok = (ro.logprobs - t_lp).masked_fill(~mask, 0.0)
+        kl_tok = (ro.logprobs - teacher_lp).masked_fill(~mask, 0.0)
+        loss, metrics = self._mix_views(views, len(examples) * n, ro, student_logits, student_lp, adv, per_tok, kl_tok)
+        metrics["adv_mean"] = float(adv.sum() / mask.sum().clamp(min=1))
+        metrics["reverse_kl"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
+        metrics["eos_frac"] = ro.eos_fraction
+        return StepOutput(loss=loss, metrics=metrics, tokens=ro.num_tokens, generated_tokens=ro.num_tokens)
 
-        loss = s_lp.new_zeros(())
+    def _teacher_scores(self, teacher_batch, ro, n: int, direct: bool):
+        """(full teacher logits or None, teacher log-probs of the sampled ids), prompts scored once for n."""
+        cfg, teacher = self.cfg, self.teacher
+        if direct:
+            teacher_logits = response_logits(teacher, teacher_batch, ro.ids, ro.mask, n=n)[..., : self.vocab_limit]
+            return teacher_logits, gather_logprobs(teacher_logits, ro.ids, chunk_size=cfg.logprob_chunk or None,
+                                                   mask=ro.mask)
+        return None, response_logprobs(teacher, teacher_batch, ro.ids, ro.mask, vocab_limit=self.vocab_limit,
+                                       chunk_size=cfg.logprob_chunk, n=n)
+
+    def _mix_views(self, views, rows_per_view: int, ro, student_logits, student_lp, adv, per_tok, kl_tok):
+        """``sum_view weight * loss(view rows)`` and per-view metrics (``cm`` = S, ``im`` = T)."""
+        cfg = self.cfg
+        mask = ro.mask
+        loss = student_lp.new_zeros(())
         metrics: dict[str, float] = {}
         for i, (view, weight) in enumerate(views):
             rows = slice(i * rows_per_view, (i + 1) * rows_per_view)
             m = mask[rows]
-            if direct:
+            if per_tok is not None:
                 term = aggregate(per_tok[rows], m, cfg.agg)
             else:
-                term, stats = policy_gradient_loss(s_lp[rows], ro.logprobs[rows], adv[rows], m,
+                term, stats = policy_gradient_loss(student_lp[rows], ro.logprobs[rows], adv[rows], m,
                                                    clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
                                                    agg=cfg.agg)
                 metrics[f"clip_frac_{view}"] = float(stats["clip_frac"])
             if cfg.entropy_coef:
-                ent = entropy_from_logits(s_logits[rows], chunk_size=cfg.logprob_chunk or None)
+                ent = entropy_from_logits(student_logits[rows], chunk_size=cfg.logprob_chunk or None)
                 term = term - cfg.entropy_coef * aggregate(ent, m, cfg.agg)
             loss = loss + weight * term
             name = "cm" if view == "S" else "im"
             metrics[f"loss_{name}"] = float(term.detach())
             metrics[f"reverse_kl_{view}"] = float(kl_tok[rows].sum() / m.sum().clamp(min=1))
             metrics[f"response_len_{view}"] = float(m.sum(-1).float().mean())
-        metrics["adv_mean"] = float(adv.sum() / mask.sum().clamp(min=1))
-        metrics["reverse_kl"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
-        metrics["eos_frac"] = ro.eos_fraction
-        return StepOutput(loss=loss, metrics=metrics, tokens=ro.num_tokens, generated_tokens=ro.num_tokens)
+        return loss, metrics

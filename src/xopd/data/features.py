@@ -1,6 +1,6 @@
 """Whisper-compatible log-mel features for variable-length batches, without 30 s padding.
 
-Whisper's feature extractor pads every clip to 30 s; on CPU that makes a 3 s question ~10x more
+Whisper's feature extractor pads every clip to 30 s; on CPU that makes a 3 s question many times more
 expensive to encode (DESIGN section 7). This extractor computes the same numbers as
 ``WhisperFeatureExtractor`` on each clip's own frames and pads only to the longest clip in the
 batch. torchaudio does not load on these machines, so the STFT is ``torch.stft`` and the filter

@@ -14,10 +14,9 @@ from tqdm.auto import tqdm
 
 from xopd.algos.base import make_prompts
 from xopd.data.manifest import Example
-from xopd.generation import sample
+from xopd.generation import release_memory, sample
 from xopd.metrics import score_item, wer
 from xopd.models.base import PolicyModel
-from xopd.utils.heap import trim_heap
 
 
 @torch.no_grad()
@@ -52,7 +51,7 @@ def generate(
             ids = ro.ids[row][ro.mask[row]].tolist()
             texts.append(model.tokenizer.decode(ids, skip_special_tokens=True).strip())
         del batch, ro
-        trim_heap()
+        release_memory()  # a decode backend may hand freed memory back (the CPU kit trims the heap)
     model.train(was_training)
     out = [""] * len(examples)
     for pos, j in enumerate(order):

@@ -9,10 +9,10 @@ from xopd.models.base import PolicyModel
 def make_static_cache(model: PolicyModel, batch: int, max_len: int):
     """A preallocated KV cache (``transformers.StaticCache``), or None where the model cannot take one.
 
-    Why: a dynamic cache ``torch.cat``s every layer's keys/values at every decode step (O(L^2) copying;
-    ~40 % of decode time at the benchmark's S size); the static one writes in place. It also lets us pass
-    ready-made 4-D masks, which skips the per-step mask construction. Only for sdpa/eager attention
-    (flash-attention kernels take 2-D masks) and never under autograd.
+    Why: a dynamic cache ``torch.cat``s every layer's keys/values at every decode step (O(L^2) copying,
+    a large share of decode time at the benchmark's S size; docs/BENCHMARKS.md); the static one writes in
+    place. It also lets us pass ready-made 4-D masks, which skips the per-step mask construction. Only
+    for sdpa/eager attention (flash-attention kernels take 2-D masks) and never under autograd.
     """
     lm = model.causal_lm()
     cfg = getattr(lm, "config", None)

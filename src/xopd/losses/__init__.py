@@ -18,8 +18,11 @@ from xopd.losses.functional import (
     reverse_kl,
     sft_cross_entropy,
 )
+from xopd.losses.registry import DIRECT_LOSSES, direct_loss
 
 __all__ = [
+    "DIRECT_LOSSES",
+    "direct_loss",
     "ADV_ESTIMATORS",
     "AGG_MODES",
     "LOGPROB_FLOOR",

@@ -2,10 +2,10 @@
 
 Why a CTC adapter: a projector trained only through the LLM's next-token loss learns to hear slowly,
 because the LLM first has to learn *where* in a stream of 50 Hz frames each word is; the demo's
-first student misheard a third of the words of its spoken questions that way (prompt WER ~0.35).
-A small transformer over the frozen encoder's states, trained with CTC on transcripts in the LM's
-own tokenizer, learns that alignment directly: measured here, ~0.5-1.5 % token error on unseen
-questions after a few minutes of CPU training (docs/DEMO_RESULTS.md).
+first student misheard many of the words of its spoken questions that way. A small transformer over
+the frozen encoder's states, trained with CTC on transcripts in the LM's own tokenizer, learns that
+alignment directly, with few token errors on unseen questions after a short CPU training
+(docs/DEMO_RESULTS.md; the figures: docs/BENCHMARKS.md, 'Demo configuration choices').
 
 Pipeline inside :class:`~xopd.models.speech_llm.SpeechLLM` when an adapter is present::
 

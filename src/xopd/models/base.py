@@ -325,7 +325,7 @@ def render_messages_ids(tokenizer, messages: list[dict]) -> list[int]:
             f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat_template: set one "
             "(tokenizer.chat_template = ...; save_pretrained) before using it with xopd"
         )
-    # Rendering runs jinja and the tokenizer (~0.15 ms a prompt) and an on-policy step renders every
+    # Rendering runs jinja and the tokenizer, and an on-policy step renders every
     # prompt two or three times, so the ids are memoised per tokenizer, keyed by everything they depend on.
     # (Messages whose content is not a string, or tokenizers without weak references, are rendered as is.)
     try:

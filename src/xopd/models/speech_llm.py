@@ -145,10 +145,10 @@ class SpeechLLM(EncoderCacheMixin, PolicyModel):
 
         Why: an on-policy step embeds its spoken prompts twice, once for the rollout and once for the
         update with grad (X-OPD, GKD, GRPO), and a frozen adapter gives the same output both times (same
-        inputs, same shapes, same kernels): in the demo's X-OPD step that second pass was ~5 % of the
-        step. Any change to the adapter's weights (an optimizer step, ``load_state_dict``) bumps their
-        version counters and clears the memo; a trainable adapter, dropout or inputs that carry grad
-        bypass it.
+        inputs, same shapes, same kernels), so the second pass is skipped (its share of the demo's X-OPD
+        step: docs/BENCHMARKS.md). Any change to the adapter's weights (an optimizer step,
+        ``load_state_dict``) bumps their version counters and clears the memo; a trainable adapter, dropout
+        or inputs that carry grad bypass it.
         """
         a = self.adapter
         if a.training or hidden.requires_grad or any(p.requires_grad for p in a.parameters()):

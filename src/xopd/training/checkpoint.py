@@ -8,6 +8,10 @@ Layout of ``OUTPUT_DIR/checkpoint-STEP/``::
     rng.pt               torch / numpy / python RNG states
     trainer_state.json   step, data position, counters, config; written LAST = completeness marker
 
+LoRA runs add ``adapter/`` (:mod:`xopd.training.lora`); ``distributed: fsdp2`` runs add ``dcp/`` (a torch
+distributed checkpoint of model and optimizer, one shard per rank, which resume loads) while
+``model/`` holds the consolidated weights. This module owns all checkpoint I/O of the trainer.
+
 Everything is written into a hidden temp folder beside it, each file fsync'ed, then the folder is
 renamed into place (atomic on POSIX) and the parent folder fsync'ed. Old checkpoints are pruned only
 after the new one is complete, so the newest complete checkpoint always exists.
@@ -15,18 +19,23 @@ after the new one is complete, so the newest complete checkpoint always exists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from xopd.errors import ConfigError
+from xopd.training.distributed import DistContext
+from xopd.training.lora import load_adapter, merged_state_dict, save_adapter
 from xopd.utils.io import fsync_dir, fsync_tree
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -129,3 +138,128 @@ def load_training_state(ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
     return json.loads((ckpt / STATE_FILE).read_text())
+
+
+# ----------------------------------------------------------------------------- checkpoints (fsdp2)
+def _dcp_state(student: nn.Module, optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(student, optimizer)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def save_sharded(path: Path, student: nn.Module, optimizer, ctx: DistContext) -> None:
+    """All ranks: write model + optimizer as a torch distributed checkpoint under ``path``."""
+    import torch.distributed.checkpoint as dcp
+
+    if ctx.is_main and path.exists():
+        shutil.rmtree(path)
+    ctx.barrier()
+    dcp.save(_dcp_state(student, optimizer), checkpoint_id=str(path))
+    ctx.barrier()
+
+
+def load_sharded(path: Path, student: nn.Module, optimizer) -> None:
+    """All ranks: restore model + optimizer from a DCP folder written by :func:`save_sharded`."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = _dcp_state(student, optimizer)
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(student, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+@contextlib.contextmanager
+def consolidated_state(student: nn.Module, ctx: DistContext) -> Iterator[None]:
+    """Inside, on rank 0, ``state_dict()`` of the student (and of any submodule) returns full tensors.
+
+    All ranks gather the full state (``get_model_state_dict``, offloaded to CPU on rank 0); a
+    state-dict hook on every module swaps its shards for the full copies, so the model's own
+    ``save_pretrained`` writes its usual layout (SpeechLLM: encoder/, lm/, projector) unchanged.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    handles = []
+    if ctx.is_main:
+        for fqn, mod in student.named_modules():
+            own = [n for n, _ in mod.named_parameters(recurse=False)] + [
+                n for n, _ in mod.named_buffers(recurse=False)
+            ]
+            if not own:
+                continue
+
+            def hook(module, sd, prefix, meta, fqn=fqn, own=own):
+                for n in own:
+                    src = f"{fqn}.{n}" if fqn else n
+                    if prefix + n in sd and src in full:
+                        sd[prefix + n] = full[src]
+
+            handles.append(mod.register_state_dict_post_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def save_training_checkpoint(
+    out: Path,
+    step: int,
+    student: nn.Module,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    keep_last: int,
+    ctx: DistContext,
+    lora: bool,
+) -> None:
+    """Every rank calls this; rank 0 writes ``checkpoint-{step}`` (see module docstring for fsdp2)."""
+    parts = []
+    if lora:
+        parts.append(lambda tmp: save_adapter(student, tmp))
+    sharded = ctx.kind == "fsdp2"
+    if sharded:
+        dcp_tmp = Path(out) / f".tmp-dcp-{step}"
+        save_sharded(dcp_tmp, student, optimizer, ctx)
+        parts.append(lambda tmp: os.rename(dcp_tmp, tmp / "dcp"))
+
+    def extra(tmp: Path) -> None:
+        for part in parts:
+            part(tmp)
+
+    with consolidated_state(student, ctx) if sharded else contextlib.nullcontext():
+        if ctx.is_main:
+            with merged_state_dict():
+                save_checkpoint(
+                    out,
+                    step,
+                    student,
+                    None if sharded else optimizer,
+                    scheduler,
+                    state,
+                    keep_last=keep_last,
+                    extra=extra,
+                )
+        ctx.barrier()
+
+
+def load_training_checkpoint(
+    ckpt: Path, student: nn.Module, optimizer, scheduler, ctx: DistContext, lora: bool
+) -> dict[str, Any]:
+    """Every rank: restore adapter (LoRA), model+optimizer (DCP for fsdp2), scheduler and RNG."""
+    if lora and ctx.kind != "fsdp2":
+        load_adapter(student, ckpt)
+    if ctx.kind == "fsdp2":
+        if not (ckpt / "dcp").is_dir():
+            raise ConfigError(
+                f"{ckpt}: no dcp/ folder: this checkpoint was not written by a distributed: fsdp2 "
+                "run; resume it with the distributed setting it was trained with"
+            )
+        load_sharded(ckpt / "dcp", student, optimizer)
+        return load_training_state(ckpt, None, scheduler)
+    if not (ckpt / "optimizer.pt").is_file():
+        raise ConfigError(
+            f"{ckpt}: no optimizer.pt (written by an fsdp2 run): resume with distributed: fsdp2"
+        )
+    return load_training_state(ckpt, optimizer, scheduler)

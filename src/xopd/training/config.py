@@ -1,19 +1,15 @@
-"""``TrainConfig``: every knob of ``xopd train``, with help text; YAML keys and ``--key value`` alike."""
+"""``TrainConfig``: every knob of the core trainer, with help text; YAML keys and ``--key value`` alike.
+
+The CPU speed kit's keys (``xopd.cpu.CPUConfig``) and the lab's (``xopd.lab.train``: bootstrap,
+rehearsal, encoder-cache files) are not here; ``xopd train`` accepts them too, through
+``xopd.lab.train.LabTrainConfig``, which composes all three.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xopd.algos.configs import (
-    CTCConfig,
-    GKDConfig,
-    GRPOConfig,
-    OfflineKDConfig,
-    PolicyLossConfig,
-    RolloutConfig,
-    SFTConfig,
-    XOPDConfig,
-)
+from xopd.algos.configs import CTCConfig, GKDConfig, GRPOConfig, OfflineKDConfig, SFTConfig, XOPDConfig
 from xopd.config import field
 from xopd.errors import ConfigError
 
@@ -30,9 +26,6 @@ class RunConfig:
     manifest: str | None = field(None, help="training JSONL manifest: id, audio (relative path), text")
     eval_manifest: str | None = field(None, help="manifest for the periodic eval hook (default: manifest)")
     output_dir: str = field("runs/train", help="checkpoints, metrics.jsonl and TensorBoard logs go here")
-    bootstrap: str | None = field(
-        None, choices=("tiny",), help="build missing assets first: 'tiny' makes a tiny student/teacher/manifest"
-    )
     algo: str = field("xopd", choices=ALGOS, help="training algorithm")
 
 
@@ -71,19 +64,15 @@ class TrainableConfig:
 
 @dataclass
 class DataConfig:
-    """Rehearsal rows and what counts as a bad row."""
+    """What counts as a bad row."""
 
-    replay_manifest: str | None = field(None, help="rehearsal rows (e.g. ASR / audio-only) trained with SFT on S "
-                                        "alongside the algorithm, to limit forgetting (None: off)")
-    replay_batch: int = field(0, help="rehearsal rows per optimizer step (0: off)")
-    replay_coef: float = field(1.0, help="weight of the rehearsal SFT loss")
     strict: bool = field(False, help="fail on the first bad manifest row instead of skipping it")
     max_audio_seconds: float = field(30.0, help="rows with longer audio are skipped (or fatal if strict)")
 
 
 @dataclass
 class SystemConfig:
-    """Checkpoints, logging, evaluation hook, devices, memory and speed."""
+    """Checkpoints, logging, evaluation hook, devices and memory."""
 
     log_every: int = field(1, help="write metrics every N steps")
     save_every: int = field(50, help="checkpoint every N steps (and at the end)")
@@ -93,44 +82,42 @@ class SystemConfig:
     resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N")
     dtype: str = field("float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
-    threads: int = field(0, help="torch CPU threads (0 = torch default)")
-    logprob_chunk: int = field(0, help="rows per chunk for log-softmax over the vocab (0 = no chunking)")
     cache_encoder: bool = field(True, help="memoise frozen audio-encoder outputs per clip (saves recompute)")
-    cache_encoder_dtype: str = field("auto", choices=("auto", "float32", "float16", "bfloat16"),
-                                     help="storage dtype of the encoder cache (auto: the encoder's; float16 "
-                                     "halves its memory on a large dataset)")
-    encoder_cache_file: str | None = field(None, help="safetensors file of frozen-encoder outputs to preload into "
-                                           "the cache (SpeechLLM.save_encoder_cache; `xopd demo` writes one)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward to save memory")
     autocast_bf16: bool = field(True, help="on CUDA, run forwards under bf16 autocast (weights/optimizer stay "
                                 "in dtype); ignored on CPU, which has no fast bf16")
     distributed: str = field("none", choices=("none", "ddp", "fsdp2"),
                              help="data parallel under torchrun: ddp (replicated student) or fsdp2 (sharded "
                              "student); batch_size stays the global prompts per step")
-    shared_prompt: bool = field(True, help="compute each distinct prompt once for its n samples (rollout "
-                                "prefill, teacher scoring, student update); False repeats it per sample, "
-                                "as TRL and verl do: the same computation up to float rounding, for benchmarks")
-    trim_heap_every: int = field(10, help="return freed C-heap memory to the OS every N steps (glibc "
-                                 "malloc_trim; 0 = never). Measured on the demo's stage-1 step "
-                                 "(benchmarks/trim_ab.py): every step 1.45x the untrimmed step time, every 10 "
-                                 "steps 1.07x, peak RSS within 60 MB of each other")
-    linear_kernel: str = field("auto", choices=("auto", "onednn", "torch"),
-                               help="fp32 CPU linears (student and teacher): oneDNN's GEMM (models/onednn_linear.py; "
-                               "benchmarks/linear_ab.py: the bench's M model 1.46x faster forward+backward on a 2-core "
-                               "AMD EPYC, where MKL skips AVX-512) or torch's default (MKL). auto: oneDNN for LMs of "
-                               ">= 8 M parameters on CPU in float32 (smaller ones, like the demo's, ran slower with "
-                               "it); onednn: for any size")
     trust_remote_code: bool = field(False, help="allow model code from model directories (off: safer)")
     progress: bool = field(True, help="show a progress bar")
     report_to: str = field("jsonl,tensorboard", help="comma list of jsonl, tensorboard, wandb")
 
 
+#: keys that left TrainConfig, and where they live now (build() names them in its error)
+MOVED_KEYS = {
+    **{k: "xopd.cpu.CPUConfig (the CPU speed kit)" for k in
+       ("threads", "decode_threads", "linear_kernel", "trim_heap_every", "fast_decode")},
+    **{k: "xopd.lab.train.LabTrainConfig (the lab's training options)" for k in
+       ("bootstrap", "shared_prompt", "encoder_cache_file", "cache_encoder_dtype", "replay_manifest",
+        "replay_batch", "replay_coef")},
+}
+
+
 @dataclass
 class TrainConfig(
-    SystemConfig, DataConfig, CTCConfig, TrainableConfig, OptimConfig, PolicyLossConfig, RolloutConfig, GRPOConfig, OfflineKDConfig, GKDConfig, SFTConfig, XOPDConfig, RunConfig,
+    SystemConfig, DataConfig, TrainableConfig, OptimConfig, XOPDConfig, GRPOConfig, GKDConfig, OfflineKDConfig,
+    SFTConfig, CTCConfig, RunConfig,
 ):
-    """Every key of ``xopd train``: the groups above and the per-algorithm groups of
-    :mod:`xopd.algos.configs`, flat (one YAML mapping, one ``--key value`` each)."""
+    """Every key of the core trainer: the groups above and the per-algorithm configs of
+    :mod:`xopd.algos.configs`, flat (one YAML mapping, one ``--key value`` each). Each algorithm
+    receives only its own config, read from these fields."""
+
+    moved_keys = MOVED_KEYS
+
+    def assets_required(self) -> bool:
+        """Whether student/teacher paths must be set now (a subclass may build them later)."""
+        return True
 
     def validate(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -148,13 +135,9 @@ class TrainConfig(
         if self.batch_size % self.micro_batch_size:
             raise bad("batch_size", f"({self.batch_size}) must be a multiple of micro_batch_size "
                       f"({self.micro_batch_size})")
-        if self.replay_batch < 0:
-            raise bad("replay_batch", f"must be >= 0 (0: off), got {self.replay_batch}")
-        if self.replay_coef < 0:
-            raise bad("replay_coef", f"must be >= 0, got {self.replay_coef}")
         if self.algo == "grpo" and self.n_samples < 2:
             raise bad("n_samples", f"must be >= 2 for algo grpo (group-normalised advantages), got {self.n_samples}")
-        if self.bootstrap is None:
+        if self.assets_required():
             needed = ("student_path",) + (("teacher_path",) if self.algo in TEACHER_ALGOS else ())
             for key in needed:
                 if not getattr(self, key):

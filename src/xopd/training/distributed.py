@@ -30,12 +30,9 @@ What is distributed, and why this way:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,7 +81,7 @@ class DistContext:
             # Every rank reaches this point before any tears its group down, so no rank destroys its gloo
             # pairs while a peer is still in the final checkpoint's collectives. Added against a rare abort
             # at interpreter exit ("terminate called without an active exception", SIGABRT, after "[xopd]
-            # done"); it did not stop it (still ~1 in 70 runs of the 2-process test), cause unknown.
+            # done"); it did not stop it (the abort still happens, rarely; docs/BENCHMARKS.md), cause unknown.
             self.barrier()
             dist.destroy_process_group()
 
@@ -208,35 +205,6 @@ def reduce_step_metrics(
     return {k: float(v) if k in sums else float(v) / ctx.world for k, v in zip(keys, t.tolist())}
 
 
-# ----------------------------------------------------------------------------- checkpoints (fsdp2)
-def _dcp_state(student: nn.Module, optimizer) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    model_sd, optim_sd = get_state_dict(student, optimizer)
-    return {"model": model_sd, "optim": optim_sd}
-
-
-def save_sharded(path: Path, student: nn.Module, optimizer, ctx: DistContext) -> None:
-    """All ranks: write model + optimizer as a torch distributed checkpoint under ``path``."""
-    import torch.distributed.checkpoint as dcp
-
-    if ctx.is_main and path.exists():
-        shutil.rmtree(path)
-    ctx.barrier()
-    dcp.save(_dcp_state(student, optimizer), checkpoint_id=str(path))
-    ctx.barrier()
-
-
-def load_sharded(path: Path, student: nn.Module, optimizer) -> None:
-    """All ranks: restore model + optimizer from a DCP folder written by :func:`save_sharded`."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    state = _dcp_state(student, optimizer)
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(student, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-
-
 class NullLogger:
     """Metrics sink for non-zero ranks: rank 0 alone writes metrics.jsonl / TensorBoard."""
 
@@ -247,103 +215,3 @@ class NullLogger:
         pass
 
 
-@contextlib.contextmanager
-def consolidated_state(student: nn.Module, ctx: DistContext) -> Iterator[None]:
-    """Inside, on rank 0, ``state_dict()`` of the student (and of any submodule) returns full tensors.
-
-    All ranks gather the full state (``get_model_state_dict``, offloaded to CPU on rank 0); a
-    state-dict hook on every module swaps its shards for the full copies, so the model's own
-    ``save_pretrained`` writes its usual layout (SpeechLLM: encoder/, lm/, projector) unchanged.
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    handles = []
-    if ctx.is_main:
-        for fqn, mod in student.named_modules():
-            own = [n for n, _ in mod.named_parameters(recurse=False)] + [
-                n for n, _ in mod.named_buffers(recurse=False)
-            ]
-            if not own:
-                continue
-
-            def hook(module, sd, prefix, meta, fqn=fqn, own=own):
-                for n in own:
-                    src = f"{fqn}.{n}" if fqn else n
-                    if prefix + n in sd and src in full:
-                        sd[prefix + n] = full[src]
-
-            handles.append(mod.register_state_dict_post_hook(hook))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def save_training_checkpoint(
-    out: Path,
-    step: int,
-    student: nn.Module,
-    optimizer,
-    scheduler,
-    state: dict[str, Any],
-    keep_last: int,
-    ctx: DistContext,
-    lora: bool,
-) -> None:
-    """Every rank calls this; rank 0 writes ``checkpoint-{step}`` (see module docstring for fsdp2)."""
-    from xopd.training.checkpoint import save_checkpoint
-    from xopd.training.memory import merged_state_dict, save_adapter
-
-    parts = []
-    if lora:
-        parts.append(lambda tmp: save_adapter(student, tmp))
-    sharded = ctx.kind == "fsdp2"
-    if sharded:
-        dcp_tmp = Path(out) / f".tmp-dcp-{step}"
-        save_sharded(dcp_tmp, student, optimizer, ctx)
-        parts.append(lambda tmp: os.rename(dcp_tmp, tmp / "dcp"))
-
-    def extra(tmp: Path) -> None:
-        for part in parts:
-            part(tmp)
-
-    with consolidated_state(student, ctx) if sharded else contextlib.nullcontext():
-        if ctx.is_main:
-            with merged_state_dict():
-                save_checkpoint(
-                    out,
-                    step,
-                    student,
-                    None if sharded else optimizer,
-                    scheduler,
-                    state,
-                    keep_last=keep_last,
-                    extra=extra,
-                )
-        ctx.barrier()
-
-
-def load_training_checkpoint(
-    ckpt: Path, student: nn.Module, optimizer, scheduler, ctx: DistContext, lora: bool
-) -> dict[str, Any]:
-    """Every rank: restore adapter (LoRA), model+optimizer (DCP for fsdp2), scheduler and RNG."""
-    from xopd.training.checkpoint import load_training_state
-    from xopd.training.memory import load_adapter
-
-    if lora and ctx.kind != "fsdp2":
-        load_adapter(student, ckpt)
-    if ctx.kind == "fsdp2":
-        if not (ckpt / "dcp").is_dir():
-            raise ConfigError(
-                f"{ckpt}: no dcp/ folder: this checkpoint was not written by a distributed: fsdp2 "
-                "run; resume it with the distributed setting it was trained with"
-            )
-        load_sharded(ckpt / "dcp", student, optimizer)
-        return load_training_state(ckpt, None, scheduler)
-    if not (ckpt / "optimizer.pt").is_file():
-        raise ConfigError(
-            f"{ckpt}: no optimizer.pt (written by an fsdp2 run): resume with distributed: fsdp2"
-        )
-    return load_training_state(ckpt, optimizer, scheduler)

@@ -2,21 +2,25 @@
 
 One optimizer step = ``grad_accum`` micro-batches of ``micro_batch_size`` prompts, each turned into
 a loss by the algorithm (rollouts included). Around it: which parameters train, AdamW + schedule,
-NaN/inf guards, metrics, the eval hook, atomic checkpoints and exact resume.
+NaN/inf guards, metrics, the eval hook, atomic checkpoints and exact resume. Plug-ins join through
+:mod:`xopd.training.callbacks` (the CPU speed kit, the lab's rehearsal rows), never by an import here.
 
 Exact resume: the data order is a seeded permutation per epoch, sampling uses a generator seeded by
 (seed, step) plus per-prompt seeds from (seed, step, position in the step's global batch), and
 checkpoints hold weights, optimizer, scheduler and RNG states — so a run that is killed and resumed
 produces the same subsequent losses and weights as one that was not. The per-prompt seeds also make
 an N-process run (``distributed: ddp|fsdp2``, see ``distributed.py``) sample what 1 process does.
+
+Reading order: :func:`train` -> :class:`Trainer` (``__init__`` sets the run up in named steps,
+``run`` is the loop, ``_train_step`` one optimizer step).
 """
 
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,59 +28,31 @@ from typing import Any
 import torch
 
 from xopd.algos import get_algorithm
+from xopd.algos.base import AlgoContext
 from xopd.data.manifest import Example, read_manifest
-from xopd.errors import ConfigError, XopdError
+from xopd.errors import ConfigError
 from xopd.generation import StepGenerator, derive_seed
+from xopd.generation.seeds import step_seed
 from xopd.models import check_tokenizer_alignment, load_student, load_teacher
-from xopd.models.base import PolicyModel
-from xopd.models.onednn_linear import select_linear_kernel
-from xopd.training.checkpoint import latest_checkpoint
+from xopd.training.callbacks import TrainerCallback, TrainRun
+from xopd.training.checkpoint import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
 from xopd.training.config import TrainConfig
 from xopd.training.distributed import (
     NullLogger,
     clip_grad_norm,
     init_distributed,
-    load_training_checkpoint,
     reduce_step_metrics,
-    save_training_checkpoint,
     sync_grads,
     wrap_student,
 )
-from xopd.training.kl import measure_reverse_kl
+from xopd.training.eval_hook import EvalHook
 from xopd.training.logging import MetricsLogger
-from xopd.training.memory import (
-    apply_lora,
-    autocast_context,
-    enable_gradient_checkpointing,
-    mark_checkpointed_layers,
-)
-from xopd.utils.fsdp import full_params
-from xopd.utils.heap import trim_heap
+from xopd.training.lora import apply_lora
+from xopd.training.memory import autocast_context, enable_gradient_checkpointing, mark_checkpointed_layers
+from xopd.training.optim import configure_trainable, make_optimizer, make_scheduler
+from xopd.training.state import DataOrder, StopFlag, TrainingInterrupted
 
-
-class DataOrder:
-    """Endless, seeded, resumable stream of example indices: a fresh permutation every epoch."""
-
-    def __init__(self, size: int, seed: int, epoch: int = 0, index: int = 0) -> None:
-        self.size, self.seed, self.epoch, self.index = size, seed, epoch, index
-        self._perm = self._permutation(epoch)
-
-    def _permutation(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(self.size, generator=g).tolist()
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.index >= self.size:
-                self.epoch, self.index = self.epoch + 1, 0
-                self._perm = self._permutation(self.epoch)
-            out.append(self._perm[self.index])
-            self.index += 1
-        return out
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
+__all__ = ["Trainer", "TrainingInterrupted", "resolve_device", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,299 +61,257 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_trainable(student: PolicyModel, cfg: TrainConfig) -> list[torch.nn.Parameter]:
-    """Freeze everything, then unfreeze what the config trains (paper: the LLM backbone only)."""
-    student.requires_grad_(False)
-    if cfg.train_adapter and student.adapter is None:
-        raise ConfigError("config: train_adapter is set but the student has no CTC adapter (compose one with "
-                          "`xopd models compose --adapter ctc`)")
-    student.freeze(encoder=not cfg.train_encoder, projector=not cfg.train_projector, lm=not cfg.train_lm,
-                   adapter=not cfg.train_adapter)
-    if cfg.lora_r > 0 and cfg.train_lm:  # LoRA: only the adapters of the LM train, the base stays frozen
-        for name, p in student.causal_lm().named_parameters():
-            p.requires_grad_("lora_" in name)
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("config: nothing to train for this student (check train_lm/train_encoder/train_projector)")
-    return params
+def train(cfg: TrainConfig, examples: list[Example] | None = None,
+          callbacks: Sequence[TrainerCallback] = ()) -> Path:
+    """Run ``cfg``; returns the output dir. ``examples`` overrides the manifest (used by pipelines);
+    ``callbacks`` join the run at the points of :class:`~xopd.training.callbacks.TrainerCallback`."""
+    return Trainer(cfg, examples, callbacks).run()
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_scheduler == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        progress = min(max(progress, 0.0), 1.0)
-        if cfg.lr_scheduler == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress
+class Trainer:
+    """One training run: set up in ``__init__`` (in the order below), looped in :meth:`run`."""
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def __init__(self, cfg: TrainConfig, examples: list[Example] | None = None,
+                 callbacks: Sequence[TrainerCallback] = ()) -> None:
+        self.cfg, self.callbacks = cfg, list(callbacks)
+        self._setup_run()
+        self._load_data(examples)
+        self._load_models()
+        self._build_optimizer()
+        self._resume()
+        self.algo = self.algo_cls(cfg, self.student, self.teacher, self.vocab_limit, AlgoContext.of(cfg))
+        self.logger = (MetricsLogger(self.out, cfg.report_to, resume_step=self.start if self.ckpt else None,
+                                     run_config=asdict(cfg)) if self.dist.is_main else NullLogger())
+        self.eval_hook = EvalHook(self.student, self.teacher, self.eval_examples, cfg, self.vocab_limit)
 
+    def _fire(self, point: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, point)(self.ctx, *args)
 
-class TrainingInterrupted(XopdError):
-    """SIGINT/SIGTERM stopped an unfinished run after saving a checkpoint.
+    # -- set-up, in order --------------------------------------------------------------------------
+    def _setup_run(self) -> None:
+        """Output dir, global seed, device and process group."""
+        cfg = self.cfg
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        device = resolve_device(cfg.device)
+        dtype = getattr(torch, cfg.dtype)
+        self.ctx = TrainRun(cfg, self.out, device, dtype, dist=None)  # type: ignore[arg-type]
+        self._fire("on_train_begin")
+        torch.manual_seed(cfg.seed)
+        self.dist = init_distributed(cfg.distributed, device)
+        self.device = self.dist.device or device
+        self.ctx.dist, self.ctx.device = self.dist, self.device
+        if cfg.batch_size % (cfg.micro_batch_size * self.dist.world):
+            raise ConfigError(f"config: 'batch_size' ({cfg.batch_size}) must be a multiple of micro_batch_size x "
+                              f"processes ({cfg.micro_batch_size} x {self.dist.world})")
 
-    Exits 128 + signal (130 for SIGINT, 143 for SIGTERM) rather than 0, so a scheduler or a
-    ``train && eval`` pipeline never mistakes a stopped run for a finished one; ``--resume`` continues it.
-    """
-
-    def __init__(self, signum: int, step: int, output_dir: Path) -> None:
-        self.exit_code = 128 + int(signum)
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} after step {step}; saved {output_dir / f'checkpoint-{step}'}; "
-                         "continue with --resume")
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to save and exit after the current step."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def bootstrap_assets(cfg: TrainConfig) -> TrainConfig:
-    """``bootstrap: tiny`` builds a tiny student/teacher/manifest (cached) and points the config at it."""
-    if cfg.bootstrap != "tiny":
-        return cfg
-    from xopd.models.tiny import build_tiny_world
-
-    assets = build_tiny_world(Path(cfg.output_dir).parent / "tiny-assets", seed=0)
-    cfg.student_path = cfg.student_path or str(assets["student"])
-    cfg.teacher_path = cfg.teacher_path or str(assets["teacher"])
-    cfg.manifest = cfg.manifest or str(assets["manifest"])
-    return cfg
-
-
-def train(cfg: TrainConfig, examples: list[Example] | None = None, replay: list[Example] | None = None) -> Path:
-    """Run ``cfg``; returns the output dir. ``examples`` / ``replay`` override the manifest /
-    ``replay_manifest`` (used by pipelines)."""
-    cfg = bootstrap_assets(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    dtype = getattr(torch, cfg.dtype)
-    dist_ctx = init_distributed(cfg.distributed, device)
-    device = dist_ctx.device or device
-    if cfg.batch_size % (cfg.micro_batch_size * dist_ctx.world):
-        raise ConfigError(f"config: 'batch_size' ({cfg.batch_size}) must be a multiple of micro_batch_size x "
-                          f"processes ({cfg.micro_batch_size} x {dist_ctx.world})")
-    lora = cfg.lora_r > 0
-
-    if examples is None:
-        if not cfg.manifest:
-            raise ConfigError("config: 'manifest' is required (or set bootstrap: tiny)")
-        examples, skips = read_manifest(cfg.manifest, strict=cfg.strict, max_audio_seconds=cfg.max_audio_seconds)
-        if skips.total:
-            (out / "skipped.json").write_text(skips.to_json())
-            print(f"[xopd] {cfg.manifest}: {skips.summary()} (ids in {out / 'skipped.json'})", file=sys.stderr)
-    if replay is None and cfg.replay_manifest and cfg.replay_batch:
-        replay = read_manifest(cfg.replay_manifest, strict=cfg.strict, max_audio_seconds=cfg.max_audio_seconds)[0]
-    replay = replay if cfg.replay_batch else None
-    if replay is not None and not replay:
-        raise ConfigError(f"config: 'replay_manifest' {cfg.replay_manifest!r} has no usable rows")
-    if replay is not None and cfg.replay_batch % dist_ctx.world:
-        raise ConfigError(f"config: 'replay_batch' ({cfg.replay_batch}) must be a multiple of the process count "
-                          f"({dist_ctx.world})")
-    eval_manifest = cfg.eval_manifest
-    eval_examples = (read_manifest(eval_manifest, max_audio_seconds=cfg.max_audio_seconds)[0]
-                     if eval_manifest else examples)[: cfg.eval_prompts]
-
-    ckpt = latest_checkpoint(out) if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        print(f"[xopd] --resume: no checkpoint in {out}, starting fresh", file=sys.stderr)
-    # LoRA resumes from the base + the checkpoint's adapter (model/ holds merged weights, for eval)
-    student = load_student(ckpt / "model" if ckpt and not lora else cfg.student_path, dtype=dtype,
-                           trust_remote_code=cfg.trust_remote_code).to(device)
-    teacher = None
-    algo_cls = get_algorithm(cfg.algo)
-    vocab_limit = None
-    if algo_cls.uses_teacher:
-        teacher = load_teacher(cfg.teacher_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code).to(device)
-        report = check_tokenizer_alignment(student.tokenizer, teacher.tokenizer, student.vocab_size, teacher.vocab_size)
-        vocab_limit = report.shared_vocab_size
-    if not cfg.shared_prompt:  # the per-sample prompt path (benchmarks compare it with the shared one)
-        for m in (student, teacher):
-            if m is not None:
-                m.shared_prompt_ok = False
-    if cfg.cache_encoder and not cfg.train_encoder:
-        student.enable_encoder_cache(dtype=None if cfg.cache_encoder_dtype == "auto" else cfg.cache_encoder_dtype)
-        if cfg.encoder_cache_file and Path(cfg.encoder_cache_file).is_file():
-            student.load_encoder_cache(cfg.encoder_cache_file)
-    student.eval()  # dropout off: the ratio pi/pi_old must be exactly 1 at the first update
-    if lora:
-        apply_lora(student, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
-    select_linear_kernel(cfg.linear_kernel, device, dtype, student, teacher)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(student)
-    configure_trainable(student, cfg)
-    replicated = wrap_student(student, dist_ctx)  # fsdp2: shards the LM; returns params to all-reduce
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg)
-    state: dict[str, Any] = {"nonfinite_total": 0, "data": {"epoch": 0, "index": 0},
-                             "replay_data": {"epoch": 0, "index": 0}}
-    start = 0
-    if ckpt is not None:
-        state = load_training_checkpoint(ckpt, student, optimizer, scheduler, dist_ctx, lora)
-        start = int(state["step"])
-        print(f"[xopd] resumed from {ckpt} at step {start}", file=sys.stderr)
-    order = DataOrder(len(examples), cfg.seed, **state["data"])
-    algo = algo_cls(cfg, student, teacher, vocab_limit)
-    rehearsal = None
-    if replay is not None:  # SFT on S for rehearsal rows, so the algorithm's update does not erase them
-        from dataclasses import replace as _replace
-
-        from xopd.algos.sft import SFT
-
-        rehearsal = SFT(_replace(cfg, sft_view="S"), student, None)
-        replay_order = DataOrder(len(replay), cfg.seed + 1, **state.get("replay_data", {"epoch": 0, "index": 0}))
-    logger = (MetricsLogger(out, cfg.report_to, resume_step=start if ckpt else None, run_config=asdict(cfg))
-              if dist_ctx.is_main else NullLogger())
-
-    def run_eval(step: int) -> None:
-        if teacher is None or not eval_examples:
-            return
-        views = ["S", "T"] if any(e.audio or e.waveform is not None for e in eval_examples) else ["T"]
-        res: dict[str, float] = {}
-        for v in views:
-            with full_params(student):  # every rank evaluates (same numbers); rank 0 logs
-                res.update(measure_reverse_kl(student, teacher, eval_examples, view=v, n=1,
-                                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                              seed=cfg.seed + 99, vocab_limit=vocab_limit,
-                                              max_audio_seconds=cfg.max_audio_seconds))
-        logger.log(step, res)
-
-    if start == 0:
-        run_eval(0)
-    bar = None
-    if cfg.progress and dist_ctx.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.max_steps, initial=start, desc=f"xopd {cfg.algo}", dynamic_ncols=True)
-    nonfinite_run, nonfinite_first = 0, None
-    step = start
-    t_run = time.perf_counter()
-    with _StopFlag() as stop:
-        while step < cfg.max_steps:
-            t0, c0 = time.perf_counter(), time.process_time()
-            gen = StepGenerator()
-            gen.manual_seed(cfg.seed * 1_000_003 + step + 7_919 * dist_ctx.rank)
-            optimizer.zero_grad(set_to_none=True)
-            agg: dict[str, float] = {}
-            tokens = gen_tokens = 0
-            loss_total = 0.0
-            # the step's GLOBAL batch, in the 1-process order; this rank takes a contiguous slice
-            global_idx = order.take(cfg.batch_size)
-            per_rank = cfg.batch_size // dist_ctx.world
-            accum = per_rank // cfg.micro_batch_size
-            for a in range(accum):
-                lo = dist_ctx.rank * per_rank + a * cfg.micro_batch_size
-                positions = range(lo, lo + cfg.micro_batch_size)
-                batch = [examples[global_idx[p]] for p in positions]
-                gen.prompt_seeds = [derive_seed(cfg.seed, step, p) for p in positions]
-                if cfg.gradient_checkpointing:
-                    mark_checkpointed_layers(student)
-                with autocast_context(device, cfg.autocast_bf16):
-                    outp = algo.step(batch, gen)
-                (outp.loss / accum).backward()
-                loss_total += float(outp.loss.detach()) / accum
-                tokens += outp.tokens
-                gen_tokens += outp.generated_tokens
-                for k, v in outp.metrics.items():
-                    agg[k] = agg.get(k, 0.0) + v / accum
-            if rehearsal is not None:
-                r_idx = replay_order.take(cfg.replay_batch)
-                r_per_rank = cfg.replay_batch // dist_ctx.world
-                r_batch = [replay[i] for i in r_idx[dist_ctx.rank * r_per_rank:(dist_ctx.rank + 1) * r_per_rank]]
-                with autocast_context(device, cfg.autocast_bf16):
-                    r_out = rehearsal.step(r_batch, gen)
-                (cfg.replay_coef * r_out.loss).backward()
-                loss_total += cfg.replay_coef * float(r_out.loss.detach())
-                agg["replay_nll"] = float(r_out.loss.detach())
-            if dist_ctx.enabled:
-                sync_grads(replicated, dist_ctx)
-                red = reduce_step_metrics({**agg, "loss": loss_total, "tokens": tokens, "gen_tokens": gen_tokens},
-                                          dist_ctx, sums=("tokens", "gen_tokens"))
-                loss_total, tokens, gen_tokens = red.pop("loss"), int(red.pop("tokens")), int(red.pop("gen_tokens"))
-                agg = red
-            grad_norm = clip_grad_norm(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"), dist_ctx)
-            finite = math.isfinite(loss_total) and bool(torch.isfinite(grad_norm))
-            if finite:
-                optimizer.step()
-                nonfinite_run = 0
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                state["nonfinite_total"] = state.get("nonfinite_total", 0) + 1
-                nonfinite_run += 1
-                nonfinite_first = step if nonfinite_run == 1 else nonfinite_first
-                print(f"[xopd] step {step + 1}: non-finite loss/grad, update skipped ({nonfinite_run} in a row)",
+    def _load_data(self, examples: list[Example] | None) -> None:
+        """Training rows (bad rows skipped and counted in skipped.json) and the eval hook's prompts."""
+        cfg = self.cfg
+        if examples is None:
+            if not cfg.manifest:
+                raise ConfigError("config: 'manifest' is required (or set bootstrap: tiny)")
+            examples, skips = read_manifest(cfg.manifest, strict=cfg.strict, max_audio_seconds=cfg.max_audio_seconds)
+            if skips.total:
+                (self.out / "skipped.json").write_text(skips.to_json())
+                print(f"[xopd] {cfg.manifest}: {skips.summary()} (ids in {self.out / 'skipped.json'})",
                       file=sys.stderr)
-            scheduler.step()
-            if cfg.trim_heap_every and step % cfg.trim_heap_every == 0:
-                trim_heap()  # hand freed activations back to the OS (RSS tracks live tensors)
-            step += 1
-            dt = time.perf_counter() - t0
-            metrics = {"loss": loss_total, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "tokens": tokens, "tok_s": (gen_tokens or tokens) / max(dt, 1e-9), "step_seconds": dt,
-                       "step_cpu_seconds": time.process_time() - c0,
-                       "skipped_update": not finite, **agg}
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                logger.log(step, metrics)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_total:.4f}", adv=f"{agg.get('adv_mean', 0):.3f}",
-                                rkl=f"{agg.get('reverse_kl', 0):.3f}", tok_s=f"{metrics['tok_s']:.0f}")
-            if nonfinite_run >= cfg.max_nonfinite_steps:
-                logger.close()
-                dist_ctx.close()
-                raise FloatingPointError(
-                    f"{nonfinite_run} updates in a row had NaN/inf loss or gradients, starting at step "
-                    f"{nonfinite_first + 1}; lower lr, check the data, or raise max_nonfinite_steps"
-                )
-            state["data"] = order.state()
-            if rehearsal is not None:
-                state["replay_data"] = replay_order.state()
-            done = step == cfg.max_steps
-            if cfg.eval_every and step % cfg.eval_every == 0 and not done:
-                run_eval(step)
-            if step % cfg.save_every == 0 or done or stop.signum is not None:
-                save_training_checkpoint(out, step, student, optimizer, scheduler,
-                                         {**state, "config": asdict(cfg), "elapsed": time.perf_counter() - t_run},
-                                         cfg.keep_last, dist_ctx, lora)
-            if stop.signum is not None:
-                print(f"[xopd] signal {stop.signum}: saved checkpoint-{step}, exiting", file=sys.stderr)
-                break
-    if bar is not None:
-        bar.close()
-    if step == cfg.max_steps:
-        run_eval(step)
-    logger.close()
-    dist_ctx.close()
-    if stop.signum is not None and step < cfg.max_steps:
-        raise TrainingInterrupted(stop.signum, step, out)
-    return out
+        self.examples = examples
+        eval_rows = (read_manifest(cfg.eval_manifest, max_audio_seconds=cfg.max_audio_seconds)[0]
+                     if cfg.eval_manifest else examples)
+        self.eval_examples = eval_rows[: cfg.eval_prompts]
+
+    def _load_models(self) -> None:
+        """Student (from the newest checkpoint when resuming), teacher, LoRA, memory savers."""
+        cfg, device = self.cfg, self.device
+        self.lora = cfg.lora_r > 0
+        self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
+        if cfg.resume and self.ckpt is None:
+            print(f"[xopd] --resume: no checkpoint in {self.out}, starting fresh", file=sys.stderr)
+        # LoRA resumes from the base + the checkpoint's adapter (model/ holds merged weights, for eval)
+        path = self.ckpt / "model" if self.ckpt and not self.lora else cfg.student_path
+        student = load_student(path, dtype=self.ctx.dtype, trust_remote_code=cfg.trust_remote_code).to(device)
+        self.algo_cls = get_algorithm(cfg.algo)
+        teacher, self.vocab_limit = None, None
+        if self.algo_cls.uses_teacher:
+            teacher = load_teacher(cfg.teacher_path, dtype=self.ctx.dtype,
+                                   trust_remote_code=cfg.trust_remote_code).to(device)
+            report = check_tokenizer_alignment(student.tokenizer, teacher.tokenizer, student.vocab_size,
+                                               teacher.vocab_size)
+            self.vocab_limit = report.shared_vocab_size
+        if cfg.cache_encoder and not cfg.train_encoder:
+            student.enable_encoder_cache()
+        self.student, self.teacher = student, teacher
+        self.ctx.student, self.ctx.teacher = student, teacher
+        self._fire("on_models_loaded")
+        student.eval()  # dropout off: the ratio pi/pi_old must be exactly 1 at the first update
+        if self.lora:
+            apply_lora(student, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
+        self._fire("on_models_ready")
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(student)
+
+    def _build_optimizer(self) -> None:
+        """Freeze what does not train, shard (fsdp2), AdamW and the LR schedule."""
+        configure_trainable(self.student, self.cfg)
+        self.replicated = wrap_student(self.student, self.dist)  # fsdp2: shards the LM; params to all-reduce
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, self.cfg)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg)
+
+    def _resume(self) -> None:
+        """Weights, optimizer, scheduler, RNG, data position and callback states from the checkpoint."""
+        self.state: dict[str, Any] = {"nonfinite_total": 0, "data": {"epoch": 0, "index": 0}}
+        self.start = 0
+        if self.ckpt is not None:
+            self.state = load_training_checkpoint(self.ckpt, self.student, self.optimizer, self.scheduler,
+                                                  self.dist, self.lora)
+            self.start = int(self.state["step"])
+            print(f"[xopd] resumed from {self.ckpt} at step {self.start}", file=sys.stderr)
+        for cb in self.callbacks:
+            if cb.state_key:
+                cb.load_state_dict(self.state.get(cb.state_key) or {})
+        self.order = DataOrder(len(self.examples), self.cfg.seed, **self.state["data"])
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.cfg
+        if self.start == 0:
+            self._evaluate(0)
+        bar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.start, desc=f"xopd {cfg.algo}", dynamic_ncols=True)
+        self.nonfinite_run, self.nonfinite_first = 0, None
+        step = self.start
+        t_run = time.perf_counter()
+        with StopFlag() as stop:
+            while step < cfg.max_steps:
+                metrics = self._train_step(step)
+                step += 1
+                self._log(step, metrics, bar)
+                self.state["data"] = self.order.state()
+                for cb in self.callbacks:
+                    if cb.state_key:
+                        self.state[cb.state_key] = cb.state_dict()
+                done = step == cfg.max_steps
+                if cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                    self._evaluate(step)
+                if step % cfg.save_every == 0 or done or stop.signum is not None:
+                    save_training_checkpoint(self.out, step, self.student, self.optimizer, self.scheduler,
+                                             {**self.state, "config": asdict(cfg),
+                                              "elapsed": time.perf_counter() - t_run},
+                                             cfg.keep_last, self.dist, self.lora)
+                if stop.signum is not None:
+                    print(f"[xopd] signal {stop.signum}: saved checkpoint-{step}, exiting", file=sys.stderr)
+                    break
+        if bar is not None:
+            bar.close()
+        if step == cfg.max_steps:
+            self._evaluate(step)
+        self._fire("on_train_end")
+        self.logger.close()
+        self.dist.close()
+        if stop.signum is not None and step < cfg.max_steps:
+            raise TrainingInterrupted(stop.signum, step, self.out)
+        return self.out
+
+    def _evaluate(self, step: int) -> None:
+        res = self.eval_hook()
+        if res:
+            self.logger.log(step, res)
+
+    def _micro_batches(self, step: int, gen: StepGenerator):
+        """(examples, per-prompt seeds) of this rank's micro-batches of step ``step``'s GLOBAL batch, taken
+        in the 1-process order: this rank takes a contiguous slice."""
+        cfg, dist = self.cfg, self.dist
+        global_idx = self.order.take(cfg.batch_size)
+        per_rank = cfg.batch_size // dist.world
+        for a in range(per_rank // cfg.micro_batch_size):
+            lo = dist.rank * per_rank + a * cfg.micro_batch_size
+            positions = range(lo, lo + cfg.micro_batch_size)
+            yield [self.examples[global_idx[p]] for p in positions], [derive_seed(cfg.seed, step, p) for p in positions]
+
+    def _accumulate(self, step: int, gen: StepGenerator) -> tuple[float, int, int, dict[str, float]]:
+        """Forward/backward of every micro-batch, then the callbacks' extra losses. Returns the step's
+        (loss, trained tokens, generated tokens, mean metrics) on this rank."""
+        cfg = self.cfg
+        accum = cfg.batch_size // self.dist.world // cfg.micro_batch_size
+        agg: dict[str, float] = {}
+        tokens = gen_tokens = 0
+        loss_total = 0.0
+        for batch, seeds in self._micro_batches(step, gen):
+            gen.prompt_seeds = seeds
+            if cfg.gradient_checkpointing:
+                mark_checkpointed_layers(self.student)
+            with autocast_context(self.device, cfg.autocast_bf16):
+                outp = self.algo.step(batch, gen)
+            (outp.loss / accum).backward()
+            loss_total += float(outp.loss.detach()) / accum
+            tokens += outp.tokens
+            gen_tokens += outp.generated_tokens
+            for k, v in outp.metrics.items():
+                agg[k] = agg.get(k, 0.0) + v / accum
+        for cb in self.callbacks:
+            extra, extra_metrics = cb.extra_loss(self.ctx, step, gen)
+            loss_total += extra
+            agg.update(extra_metrics)
+        return loss_total, tokens, gen_tokens, agg
+
+    def _train_step(self, step: int) -> dict[str, Any]:
+        """One optimizer step (0-based ``step``); returns its metrics."""
+        cfg = self.cfg
+        t0, c0 = time.perf_counter(), time.process_time()
+        gen = StepGenerator()
+        gen.manual_seed(step_seed(cfg.seed, step, self.dist.rank))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total, tokens, gen_tokens, agg = self._accumulate(step, gen)
+        if self.dist.enabled:
+            sync_grads(self.replicated, self.dist)
+            red = reduce_step_metrics({**agg, "loss": loss_total, "tokens": tokens, "gen_tokens": gen_tokens},
+                                      self.dist, sums=("tokens", "gen_tokens"))
+            loss_total, tokens, gen_tokens = red.pop("loss"), int(red.pop("tokens")), int(red.pop("gen_tokens"))
+            agg = red
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = clip_grad_norm(self.params, max_norm, self.dist)
+        finite = math.isfinite(loss_total) and bool(torch.isfinite(grad_norm))
+        self._apply_update(step, finite)
+        self.scheduler.step()
+        self._fire("on_step_end", step)
+        dt = time.perf_counter() - t0
+        return {"loss": loss_total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                "tokens": tokens, "tok_s": (gen_tokens or tokens) / max(dt, 1e-9), "step_seconds": dt,
+                "step_cpu_seconds": time.process_time() - c0, "skipped_update": not finite, **agg}
+
+    def _apply_update(self, step: int, finite: bool) -> None:
+        """The optimizer step, or (NaN/inf loss or gradients) a skipped update, counted."""
+        if finite:
+            self.optimizer.step()
+            self.nonfinite_run = 0
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["nonfinite_total"] = self.state.get("nonfinite_total", 0) + 1
+        self.nonfinite_run += 1
+        self.nonfinite_first = step if self.nonfinite_run == 1 else self.nonfinite_first
+        print(f"[xopd] step {step + 1}: non-finite loss/grad, update skipped ({self.nonfinite_run} in a row)",
+              file=sys.stderr)
+
+    def _log(self, step: int, metrics: dict[str, Any], bar) -> None:
+        """Metrics and progress bar after ``step`` steps; stops the run after too many skipped updates."""
+        cfg = self.cfg
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            self.logger.log(step, metrics)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", adv=f"{metrics.get('adv_mean', 0):.3f}",
+                            rkl=f"{metrics.get('reverse_kl', 0):.3f}", tok_s=f"{metrics['tok_s']:.0f}")
+        if self.nonfinite_run >= cfg.max_nonfinite_steps:
+            self.logger.close()
+            self.dist.close()
+            raise FloatingPointError(
+                f"{self.nonfinite_run} updates in a row had NaN/inf loss or gradients, starting at step "
+                f"{self.nonfinite_first + 1}; lower lr, check the data, or raise max_nonfinite_steps"
+            )
+

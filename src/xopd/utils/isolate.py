@@ -1,10 +1,10 @@
 """Run one function in a fresh process, so the memory it touched goes back to the OS when it ends.
 
 A long pipeline in one Python process only ever grows: the allocator keeps freed arenas, and every
-stage leaves tensors, caches and fragments behind. ``xopd demo`` measured it: stage 1, X-OPD and eval
-in the pipeline's own process peaked at 2.9 GB, while X-OPD + eval alone in a fresh process peaked at
-1.5 GB. Each stage reads its inputs from disk and writes its outputs there, so it can run in a child
-as well as in this process; only its (picklable) return value travels back.
+stage leaves tensors, caches and fragments behind, so a later stage in the pipeline's own process peaks
+much higher than the same stage alone in a fresh process (``xopd demo``'s figures: docs/BENCHMARKS.md,
+'Process isolation'). Each stage reads its inputs from disk and writes its outputs there, so it can run
+in a child as well as in this process; only its (picklable) return value travels back.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _store(path: Path, key: str, wav: np.ndarray, rate: int, noise_snr_db: float
     Noise is white Gaussian at ``noise_snr_db`` from an RNG seeded by the cache key: reproducible,
     yet different per utterance even when ``seed`` is the same. The WAV is built in memory and
     ``os.replace``-d into place: not ``xopd.data.audio.save_wav``, whose libsndfile flush syncs to
-    disk (~3 ms a file); a cache entry can be regenerated, so atomicity is enough.
+    disk (a cost on every file); a cache entry can be regenerated, so atomicity is enough.
     """
     wav = np.asarray(wav, dtype=np.float32)
     if rate != SAMPLE_RATE:

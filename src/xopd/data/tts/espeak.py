@@ -275,11 +275,11 @@ class EspeakEngine:
     ``backend``:
 
     * ``"fork"``: ctypes binding in a fork server, one pristine child per utterance;
-      deterministic (same text+voice -> same samples), ~1.5x the cost of ``"ctypes"``;
+      deterministic (same text+voice -> same samples), costlier than ``"ctypes"``;
     * ``"ctypes"``: the binding in this process under a lock; fastest, but espeak carries
       pitch-flutter/noise state between utterances, so output depends slightly on call order;
     * ``"subprocess"``: one ``espeak-ng`` process per utterance (argument list, no shell);
-      deterministic, ~5x slower;
+      deterministic, the slowest (docs/BENCHMARKS.md);
     * ``"auto"``: the first of fork, ctypes, subprocess that works.
 
     Raises :class:`TTSError` with an install hint when espeak-ng is missing.

@@ -1,6 +1,0 @@
-"""Recipes: whole pipelines built from the layers below (docs/DESIGN.md section 7).
-
-``real_cpu`` runs X-OPD on real pretrained weights on a CPU. The mini world (``xopd.world``) and the
-benchmarks (``xopd.bench``) are recipes too; they keep their own packages because each is several
-modules.
-"""

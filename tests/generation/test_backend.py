@@ -1,0 +1,64 @@
+"""Decode backends plug into sample(): the core decodes alone; a registered backend takes the calls it
+accepts and must return what the core would."""
+
+from __future__ import annotations
+
+import torch
+
+from xopd import cpu
+from xopd.generation import backend, decode, sample
+from xopd.generation.backend import SampleSpec
+from xopd.lab.tiny import build_tiny_tokenizer, tiny_llama
+from xopd.models.base import Prompt
+from xopd.models.text_lm import TextLM
+
+
+def _model() -> TextLM:
+    tok = build_tiny_tokenizer()
+    return TextLM(tiny_llama(tok, 32, 2, 2, 64, seed=0).eval(), tok)
+
+
+class _Recorder:
+    def __init__(self, accept: bool) -> None:
+        self.accept, self.calls, self.released = accept, 0, 0
+
+    def accepts(self, model, prompts) -> bool:
+        return self.accept
+
+    def sample(self, model, prompts, spec, generator, row_seeds, static_cache):
+        self.calls += 1
+        return decode(model, prompts, spec, generator, row_seeds, static_cache)
+
+    def release_memory(self) -> None:
+        self.released += 1
+
+
+def test_no_backend_by_default_and_registered_ones_take_accepted_calls():
+    model = _model()
+    batch = model.embed_prompts([Prompt(text="count"), Prompt(text="red cat")])
+    assert not [b for b in backend.registered_backends() if isinstance(b, cpu.CPUDecodeBackend)]
+    plain = sample(model, batch, 2, 6, row_seeds=[1, 2])
+    no, yes = _Recorder(False), _Recorder(True)
+    backend.register_backend(no)
+    backend.register_backend(yes)
+    try:
+        got = sample(model, batch, 2, 6, row_seeds=[1, 2])
+        backend.release_memory()
+    finally:
+        backend.unregister_backend(yes)
+        backend.unregister_backend(no)
+    assert (yes.calls, no.calls, yes.released) == (1, 0, 1)
+    assert torch.equal(got.ids, plain.ids) and torch.equal(got.logprobs, plain.logprobs)
+
+
+def test_cpu_kit_backend_is_scoped_and_returns_the_core_rollout():
+    model = _model()
+    batch = model.embed_prompts([Prompt(text="what is two plus three"), Prompt(text="count")])
+    plain = decode(model, batch, SampleSpec(2, 8), row_seeds=[3, 4])
+    before = backend.registered_backends()
+    with cpu.activated(cpu.CPUConfig(fast_decode=True)) as kit:
+        assert backend.pick_backend(model, batch) is kit
+        fast = sample(model, batch, 2, 8, row_seeds=[3, 4])
+    assert backend.registered_backends() == before
+    assert torch.equal(fast.ids, plain.ids)
+    torch.testing.assert_close(fast.logprobs, plain.logprobs, atol=2e-5, rtol=0)

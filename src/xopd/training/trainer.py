@@ -223,7 +223,7 @@ class Trainer:
         if res:
             self.logger.log(step, res)
 
-    def _micro_batches(self, step: int, gen: StepGenerator):
+    def _micro_batches(self, step: int):
         """(examples, per-prompt seeds) of this rank's micro-batches of step ``step``'s GLOBAL batch, taken
         in the 1-process order: this rank takes a contiguous slice."""
         cfg, dist = self.cfg, self.dist
@@ -242,7 +242,7 @@ class Trainer:
         agg: dict[str, float] = {}
         tokens = gen_tokens = 0
         loss_total = 0.0
-        for batch, seeds in self._micro_batches(step, gen):
+        for batch, seeds in self._micro_batches(step):
             gen.prompt_seeds = seeds
             if cfg.gradient_checkpointing:
                 mark_checkpointed_layers(self.student)

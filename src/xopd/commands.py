@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
     """Add subcommand parsers and their handlers. Each module owns its own parser."""
-    # data check | synth | eval | models prepare | demo, reproduce | bench
+    # data check | synth | eval | models prepare | demo, reproduce | bench | export | plan
     for module_name in ("xopd.data.cli", "xopd.data.synth_cli", "xopd.eval.cli", "xopd.models.cli",
-                        "xopd.lab.world.cli", "xopd.lab.bench.cli"):
+                        "xopd.lab.world.cli", "xopd.lab.bench.cli", "xopd.training.export",
+                        "xopd.training.plan"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as e:

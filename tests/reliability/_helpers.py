@@ -42,6 +42,24 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=NPROC -m xopd.cli ARGS`` (gloo on CPU, one thread per process);
+    asserts it succeeded and returns the completed process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={_free_port()}", "-m", "xopd.cli", *args]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def run_xopd(
     *args: str, cwd: str | os.PathLike | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:

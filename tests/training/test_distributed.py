@@ -9,18 +9,16 @@ A large eps makes the update proportional to the gradient, so equal gradients gi
 
 from __future__ import annotations
 
-import os
+import math
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from reliability._helpers import fast_args  # tests/ is on sys.path (rootdir conftest)
+from reliability._helpers import fast_args, torchrun  # tests/ is on sys.path (rootdir conftest)
 from xopd.algos.base import make_prompts
 from xopd.cli import main
 from xopd.data.manifest import read_manifest
@@ -48,27 +46,8 @@ def _train_args(tiny_world, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "-m",
-        "xopd.cli",
-        *args,
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return torchrun(args)
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -213,3 +192,17 @@ def test_a_torchrun_worker_skips_interpreter_finalisation(monkeypatch):
     with pytest.raises(SystemExit) as e:
         cli.exit_process(0)
     assert e.value.code == 0 and calls == [3]
+
+
+def test_fsdp2_bf16_mixed_precision_keeps_fp32_master_weights(tiny_world, single, tmp_path):
+    """``fsdp_param_dtype: bfloat16`` (auto's choice on CUDA): layers compute in bf16, the sharded master
+    weights, the optimizer and the saved checkpoint stay fp32. (bf16 logits may sample other tokens than
+    fp32 ones, so the losses are only checked to be finite.)"""
+    out = tmp_path / "fsdp2-bf16"
+    _torchrun(_train_args(tiny_world, out, "--distributed", "fsdp2", "--fsdp_param_dtype", "bfloat16"))
+    la, lb = _losses(single), _losses(out)
+    assert list(la) == list(lb)
+    assert all(math.isfinite(v) for v in lb.values()), lb
+    w = _weights(out)
+    assert all(t.dtype == torch.float32 for t in w.values())
+    assert any(not torch.equal(w[k], _weights(single)[k]) for k in w)  # bf16 compute: not bit-equal to fp32

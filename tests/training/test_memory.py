@@ -101,3 +101,19 @@ def test_gradient_checkpointing_recomputes_and_keeps_grads(tiny_world):
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)
+
+
+def test_teacher_dtype_auto_is_bf16_on_cuda_only():
+    from xopd.training.memory import teacher_dtype
+
+    assert teacher_dtype("auto", torch.device("cuda", 0), torch.float32) == torch.bfloat16
+    assert teacher_dtype("auto", torch.device("cpu"), torch.float32) == torch.float32
+    assert teacher_dtype("float16", torch.device("cpu"), torch.float32) == torch.float16
+
+
+def test_a_bf16_teacher_trains_the_fp32_student(tiny_world, tmp_path):
+    out = tmp_path / "bf16-teacher"
+    _run(tiny_world, out, 1, "--teacher_dtype", "bfloat16", "--lora_r", "0")
+    loss = _losses(out)[1]
+    assert loss == loss and abs(loss) < 1e3  # finite
+    assert load_student(out / "checkpoint-1" / "model").lm.dtype == torch.float32

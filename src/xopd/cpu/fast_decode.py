@@ -301,4 +301,8 @@ def fast_decoder(lm: nn.Module, cache, positions: torch.Tensor) -> FastDecoder |
     layers = getattr(cache, "layers", None)
     if not layers or not all(getattr(ly, "is_initialized", False) for ly in layers):
         return None
+    # one dtype for weights and cache only (FSDP2 mixed precision casts inside the module forward, which
+    # this step bypasses): otherwise HF's forward decodes
+    if {p.dtype for p in lm.parameters()} != {layers[0].keys.dtype}:
+        return None
     return FastDecoder(lm, [ly.keys for ly in layers], [ly.values for ly in layers], positions)

@@ -286,9 +286,8 @@ def read_manifest(
                     raise _BadRow("duplicate_id", "id", f"id {ex.id!r} repeats", "make ids unique")
             except _BadRow as bad:
                 if strict:
-                    raise DataError(
-                        f"{p}:{lineno}: field '{bad.field}': {bad.problem}; fix: {bad.fix}"
-                    ) from None
+                    where = f"{p}:{lineno}" + (f" (id {row_id!r})" if row_id != f"line {lineno}" else "")
+                    raise DataError(f"{where}: field '{bad.field}': {bad.problem}; fix: {bad.fix}") from None
                 report.add(bad.reason, row_id, f"{p.name}:{lineno}: {bad.problem}")
                 continue
             seen.add(ex.id)

@@ -16,14 +16,26 @@ from xopd.losses import gather_logprobs
 from xopd.models.base import PolicyModel, PromptBatch, position_ids_from_mask
 
 
+def checkpointing_active(lm: torch.nn.Module) -> bool:
+    """Whether a forward of ``lm`` now would recompute layers in backward. Such layers drop their KV
+    cache (transformers' ``GradientCheckpointingLayer`` sets ``cache=None`` when checkpointing, in
+    training mode, with grad enabled), so a prompt's cache cannot be kept for its responses.
+
+    Read from the layers themselves, not from a wrapper's flag: a view such as the Omni thinker's
+    ``ThinkerCausalLM`` need not carry ``is_gradient_checkpointing``.
+    """
+    if not torch.is_grad_enabled():
+        return False
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return any(isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing and m.training
+               for m in lm.modules())
+
+
 def _shared_prompt_ok(model: PolicyModel) -> bool:
     """Whether ``model`` can score n responses against ONE forward of their shared prompt: its LM must
-    return a KV cache that gradients flow through (HF gradient checkpointing turns the cache off)."""
-    lm = model.causal_lm()
-    # transformers 5 renamed is_gradient_checkpointing (now deprecated, with a warning per call)
-    name = "is_activation_checkpointing" if hasattr(type(lm), "is_activation_checkpointing") else \
-        "is_gradient_checkpointing"
-    return model.shared_prompt_ok and not getattr(lm, name, False)
+    return a KV cache that gradients flow through."""
+    return model.shared_prompt_ok and not checkpointing_active(model.causal_lm())
 
 
 _FALLBACK_SAID: set[str] = set()
@@ -45,14 +57,20 @@ def response_logits(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor,
     their KV cache is repeated for the n responses (the repeat's backward sums, so gradients reach the
     prompt's trainable inputs exactly as if every response had its own copy): on spoken prompts that
     are longer than their answers this is most of a scoring step's FLOPs saved. Models that cannot do
-    that (``shared_prompt_ok = False``, or gradient checkpointing) repeat the prompts instead.
+    that (``shared_prompt_ok = False``, or layers checkpointed right now) repeat the prompts instead, and
+    say so once on stderr.
     """
     if prompts.embeds.shape[0] * n != ids.shape[0]:
         raise ValueError(f"{prompts.embeds.shape[0]} prompts x n={n} for {ids.shape[0]} responses")
     if n > 1 and _shared_prompt_ok(model):
-        return _response_logits_shared(model, prompts, ids, mask, n)
+        logits = _response_logits_shared(model, prompts, ids, mask, n)
+        if logits is not None:
+            return logits
+        _say_fallback_once(model, "its LM returned no KV cache for the prompts")
+    elif n > 1:
+        _say_fallback_once(model, "gradient checkpointing drops the KV cache" if model.shared_prompt_ok
+                           else "the model cannot share a prompt's KV cache")
     if n > 1:
-        _say_fallback_once(model, "gradient checkpointing or no cache support")
         prompts = prompts.repeat_interleave(n)
     embeds = torch.cat([prompts.embeds, model.embed_tokens(ids)], dim=1)
     attn = torch.cat([prompts.attention_mask, mask.long()], dim=1)
@@ -64,12 +82,18 @@ def response_logits(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor,
 
 
 def _response_logits_shared(model: PolicyModel, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor,
-                            n: int) -> torch.Tensor:
-    """One forward over the B prompts (cache kept), the cache repeated n times, one over the B*n responses."""
+                            n: int) -> torch.Tensor | None:
+    """One forward over the B prompts (cache kept), the cache repeated n times, one over the B*n responses.
+
+    ``None`` when the LM gave no cache covering the prompts (e.g. a checkpointing wrapper this module
+    cannot see): scoring the responses without their prompts would be silently wrong.
+    """
     p_logits, cache = model.forward_embeds(prompts.embeds, prompts.attention_mask, use_cache=True, logits_to_keep=1)
+    width = prompts.embeds.shape[1]
+    if cache is None or cache.get_seq_length() != width:
+        return None
     repeat_cache(cache, n)
     attn = torch.cat([prompts.attention_mask.repeat_interleave(n, 0), mask.long()], dim=1)
-    width = prompts.embeds.shape[1]
     positions = position_ids_from_mask(attn)[:, width:]
     r_logits, _ = model.forward_embeds(model.embed_tokens(ids), attn, position_ids=positions, cache=cache,
                                        use_cache=True)

@@ -28,7 +28,7 @@ def shared_cache(encoder: nn.Module, dtype: torch.dtype) -> dict:
     h = hashlib.sha1(str(dtype).encode())
     for name, t in sorted(encoder.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().float().contiguous().numpy().tobytes()[:4096])
+        h.update(t.detach().flatten()[:1024].float().cpu().numpy().tobytes())  # first 4 KiB, as before
         h.update(str(float(t.float().sum())).encode())
     return _SHARED_ENCODER_CACHES.setdefault(h.hexdigest(), {})
 

@@ -60,6 +60,10 @@ class ThinkerCausalLM(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.head
 
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.__dict__["thinker"], "supports_gradient_checkpointing", False))
+
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         self.__dict__["thinker"].gradient_checkpointing_enable(**kwargs)
 
@@ -89,6 +93,19 @@ class ThinkerCausalLM(nn.Module):
         if new_cache is None:
             new_cache = getattr(out, "past_key_values", None)
         return SimpleNamespace(logits=self.head(h), cache=new_cache, past_key_values=new_cache)
+
+
+def drop_vision_tower(thinker: nn.Module) -> int:
+    """Remove the thinker's vision tower (xopd's prompts are audio and text only): its ~0.5-0.7 B frozen
+    parameters would otherwise sit on every GPU. Saved checkpoints then lack ``visual.*``;
+    ``xopd export`` takes those from the base checkpoint. Returns the parameters dropped."""
+    base = getattr(thinker, "model", thinker)
+    visual = getattr(base, "visual", None)
+    if visual is None:
+        return 0
+    n = sum(p.numel() for p in visual.parameters())
+    base.visual = None
+    return n
 
 
 class OmniThinkerStudent(PolicyModel):
@@ -155,6 +172,7 @@ class OmniThinkerStudent(PolicyModel):
                 [np.asarray(w, dtype=np.float32)],
                 sampling_rate=fe.sampling_rate,
                 padding="longest",
+                truncation=False,  # the extractor's default cuts at 30 s; these towers take any length
                 return_attention_mask=True,
                 return_tensors="pt",
             )
@@ -265,6 +283,7 @@ class OmniThinkerStudent(PolicyModel):
                     text = f.read_text()
                     tok.chat_template = json.loads(text)["chat_template"] if name.endswith(".json") else text
                     break
+        drop_vision_tower(model)
         student = cls(model.to(device), tok, fe)
         if frozen:
             student.requires_grad_(False)

@@ -82,10 +82,17 @@ class SystemConfig:
     resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N")
     dtype: str = field("float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    teacher_dtype: str = field("auto", choices=("auto", "float32", "bfloat16", "float16"),
+                               help="teacher weights' dtype (it never trains): auto = bfloat16 on CUDA, "
+                               "else the student's dtype")
     cache_encoder: bool = field(True, help="memoise frozen audio-encoder outputs per clip (saves recompute)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward to save memory")
     autocast_bf16: bool = field(True, help="on CUDA, run forwards under bf16 autocast (weights/optimizer stay "
                                 "in dtype); ignored on CPU, which has no fast bf16")
+    fsdp_param_dtype: str = field("auto", choices=("auto", "float32", "bfloat16"),
+                                  help="fsdp2 mixed precision: the dtype layers compute in (master weights, "
+                                  "optimizer and gradient reduction stay in dtype); auto = bfloat16 on CUDA "
+                                  "with autocast_bf16, else no casting")
     distributed: str = field("none", choices=("none", "ddp", "fsdp2"),
                              help="data parallel under torchrun: ddp (replicated student) or fsdp2 (sharded "
                              "student); batch_size stays the global prompts per step")

@@ -128,23 +128,32 @@ def _decoder_layers(lm: nn.Module) -> list[nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
-def wrap_student(student: nn.Module, ctx: DistContext) -> list[nn.Parameter]:
+def wrap_student(student: nn.Module, ctx: DistContext, param_dtype: torch.dtype | None = None) -> list[nn.Parameter]:
     """Shard the student's LM for fsdp2 (no-op for ddp); return the REPLICATED trainable params.
 
     Those are averaged by :func:`sync_grads`; FSDP-managed params are reduce-scattered in backward.
+    ``param_dtype`` (e.g. bf16 on GPUs): FSDP2's mixed precision, the unsharded weights (forward,
+    backward, and the rollout's one gather) in that dtype, while the sharded master weights, the
+    optimizer and the gradient reduction stay in the weights' own dtype (fp32).
     """
     trainable = [p for p in student.parameters() if p.requires_grad]
     if ctx.kind != "fsdp2":
         return trainable
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(ctx.device.type, (ctx.world,))
     lm = student.causal_lm()
     ignored = {p for p in lm.get_input_embeddings().parameters()}
+    master = next(lm.parameters()).dtype
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=master) if param_dtype not in (None, master) \
+        else MixedPrecisionPolicy()
     for layer in _decoder_layers(lm):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(lm, mesh=mesh, ignored_params=ignored)
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    # the root's logits come back in the master dtype: the losses' log-softmax stays in fp32
+    root = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype,
+                                output_dtype=master if mp.param_dtype is not None else None)
+    fully_shard(lm, mesh=mesh, ignored_params=ignored, mp_policy=root)
     return [p for p in student.parameters() if p.requires_grad and not is_dtensor(p)]
 
 

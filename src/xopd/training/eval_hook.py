@@ -38,7 +38,7 @@ def measure_reverse_kl(
     max_audio_seconds: float | None = None,
 ) -> dict[str, float]:
     """Mean full-vocabulary reverse KL (student on ``view`` vs teacher on T), token-weighted."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=student.device).manual_seed(seed)  # multinomial needs it on the probs' device
     total, tokens, lengths = 0.0, 0, []
     was_training = student.training
     student.eval()

@@ -41,3 +41,20 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def teacher_dtype(name: str, device: torch.device, student_dtype: torch.dtype) -> torch.dtype:
+    """The teacher's weight dtype: ``auto`` is bf16 on CUDA (it is frozen, so there are no updates to lose
+    to rounding, and it halves the teacher's memory) and the student's dtype elsewhere (this CPU has no
+    fast bf16)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else student_dtype
+    return getattr(torch, name)
+
+
+def fsdp_param_dtype(name: str, device: torch.device, autocast_bf16: bool) -> torch.dtype | None:
+    """FSDP2's compute dtype for the sharded LM (None: no casting): ``auto`` is bf16 on CUDA when bf16
+    autocast is on (the same compute precision, without autocast's bf16 copy of every fp32 weight)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and autocast_bf16 else None
+    return getattr(torch, name)

@@ -48,7 +48,13 @@ from xopd.training.distributed import (
 from xopd.training.eval_hook import EvalHook
 from xopd.training.logging import MetricsLogger
 from xopd.training.lora import apply_lora
-from xopd.training.memory import autocast_context, enable_gradient_checkpointing, mark_checkpointed_layers
+from xopd.training.memory import (
+    autocast_context,
+    enable_gradient_checkpointing,
+    fsdp_param_dtype,
+    mark_checkpointed_layers,
+    teacher_dtype,
+)
 from xopd.training.optim import configure_trainable, make_optimizer, make_scheduler
 from xopd.training.state import DataOrder, StopFlag, TrainingInterrupted
 
@@ -135,7 +141,7 @@ class Trainer:
         self.algo_cls = get_algorithm(cfg.algo)
         teacher, self.vocab_limit = None, None
         if self.algo_cls.uses_teacher:
-            teacher = load_teacher(cfg.teacher_path, dtype=self.ctx.dtype,
+            teacher = load_teacher(cfg.teacher_path, dtype=teacher_dtype(cfg.teacher_dtype, device, self.ctx.dtype),
                                    trust_remote_code=cfg.trust_remote_code).to(device)
             report = check_tokenizer_alignment(student.tokenizer, teacher.tokenizer, student.vocab_size,
                                                teacher.vocab_size)
@@ -155,7 +161,9 @@ class Trainer:
     def _build_optimizer(self) -> None:
         """Freeze what does not train, shard (fsdp2), AdamW and the LR schedule."""
         configure_trainable(self.student, self.cfg)
-        self.replicated = wrap_student(self.student, self.dist)  # fsdp2: shards the LM; params to all-reduce
+        param_dtype = fsdp_param_dtype(self.cfg.fsdp_param_dtype, self.device, self.cfg.autocast_bf16)
+        # fsdp2: shards the LM; returns the params to all-reduce
+        self.replicated = wrap_student(self.student, self.dist, param_dtype)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)

@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--gpu_mem", type=float, default=80.0)
     ap.add_argument("--prompt_len", type=int, default=300)
     args = ap.parse_args()
+    summary: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in RECIPE_SHAPES:
             cfg = load_config(TrainConfig, str(CONFIGS / f"{recipe}.yaml"), {})
@@ -45,6 +46,13 @@ def main() -> None:
                 print(f"| {key} | {steps[1][key]:.1f} | {steps[2][key]:.1f} |")
             peak = steps[2]["peak"]
             print(f"\npeak {peak:.1f} GB of {args.gpu_mem:g} GB: headroom {1 - peak / args.gpu_mem:.0%}")
+            summary[recipe] = steps[2]
+    names = list(summary)
+    print(f"\n### all recipes, from step 2 on, GB per GPU ({args.gpus} x {args.gpu_mem:g} GB)\n")
+    print("| term | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+    for key in summary[names[0]]:
+        print(f"| {key} | " + " | ".join(f"{summary[r][key]:.1f}" for r in names) + " |")
+    print("| headroom | " + " | ".join(f"{1 - summary[r]['peak'] / args.gpu_mem:.0%}" for r in names) + " |")
 
 
 if __name__ == "__main__":

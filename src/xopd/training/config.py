@@ -93,6 +93,8 @@ class SystemConfig:
                                   help="fsdp2 mixed precision: the dtype layers compute in (master weights, "
                                   "optimizer and gradient reduction stay in dtype); auto = bfloat16 on CUDA "
                                   "with autocast_bf16, else no casting")
+    shard_teacher: bool = field(True, help="with distributed fsdp2, shard the frozen teacher over the GPUs too "
+                                "(a layer is gathered for its forward) instead of a full copy per GPU")
     distributed: str = field("none", choices=("none", "ddp", "fsdp2"),
                              help="data parallel under torchrun: ddp (replicated student) or fsdp2 (sharded "
                              "student); batch_size stays the global prompts per step")

@@ -22,7 +22,8 @@ What is distributed, and why this way:
     outside the LM and averaged by the same ``all_reduce``. Rollouts run with the LM unsharded once
     (:func:`full_params`), so decoding has no per-token collectives and ranks may stop at different
     lengths; the training forward/backward then runs sharded as usual (reduce-scatter of grads).
-  * **teacher**: replicated on every rank, frozen, inference only.
+  * **teacher**: frozen, inference only; with fsdp2 (``shard_teacher``, on by default) its LM is sharded
+    like the student's, else replicated on every rank.
   * **checkpoints**: rank 0 writes the usual layout; with fsdp2 the model and optimizer are also
     saved as a torch distributed checkpoint (``dcp/``, one shard file per rank) that resume loads,
     while ``model/`` holds the consolidated weights (so ``xopd eval`` and ``load_student`` work).
@@ -155,6 +156,25 @@ def wrap_student(student: nn.Module, ctx: DistContext, param_dtype: torch.dtype 
                                 output_dtype=master if mp.param_dtype is not None else None)
     fully_shard(lm, mesh=mesh, ignored_params=ignored, mp_policy=root)
     return [p for p in student.parameters() if p.requires_grad and not is_dtensor(p)]
+
+
+def shard_teacher(teacher: nn.Module, ctx: DistContext) -> bool:
+    """fsdp2: shard the frozen teacher's LM over the ranks like the student's (each layer gathered for its
+    forward and freed after), instead of a full copy per GPU. Every rank scores its micro-batch with the
+    same number of teacher forwards, so the gathers line up; teacher rollouts (GKD) gather it whole once
+    (:func:`~xopd.utils.fsdp.full_params`). Returns whether it sharded."""
+    if ctx.kind != "fsdp2" or ctx.world < 2:
+        return False
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(ctx.device.type, (ctx.world,))
+    lm = teacher.causal_lm()
+    ignored = set(lm.get_input_embeddings().parameters())  # prompts are embedded outside the forward
+    for layer in _decoder_layers(lm):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(lm, mesh=mesh, ignored_params=ignored)
+    return True
 
 
 def sync_grads(params: Sequence[nn.Parameter], ctx: DistContext) -> None:

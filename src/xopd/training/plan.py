@@ -5,7 +5,8 @@ The terms follow what the trainer does (docs/REAL_MODELS.md explains them):
 
 * **static** (all step long): the student's weights (the LM sharded over the GPUs by FSDP2, its
   input-embedding table and the frozen towers replicated), AdamW's two fp32 moments of what trains
-  (from step 2 on; step 1 has none yet), and the frozen teacher (replicated, ``teacher_dtype``);
+  (from step 2 on; step 1 has none yet), and the frozen teacher (``teacher_dtype``; its LM sharded
+  like the student's with ``shard_teacher``, else replicated);
 * **rollout** phase: the LM gathered whole once in FSDP2's compute dtype, plus the KV cache of one
   rollout (a micro-batch: prompts x views x n rows, prompt + new tokens long);
 * **training** phase: the gradients (sharded like the weights), the activations the backward keeps
@@ -128,6 +129,11 @@ class StepShape:
     compute_bytes: int = 2  # bf16 on CUDA (FSDP2 mixed precision / autocast)
     teacher_bytes: int = 2
     train_lm: bool = True
+    shard_teacher: bool = True  # fsdp2 shards the teacher's LM too (its embedding table stays whole)
+
+
+def _teacher_local(teacher: ModelShape, gpus: int, sharded: bool) -> float:
+    return (teacher.lm / gpus + teacher.embed + sum(teacher.towers.values())) if sharded and gpus > 1 else teacher.total
 
 
 def plan_step(student: ModelShape, teacher: ModelShape | None, s: StepShape, step: int = 2) -> dict[str, float]:
@@ -143,7 +149,7 @@ def plan_step(student: ModelShape, teacher: ModelShape | None, s: StepShape, ste
     g = {
         "student weights": (lm_local + student.embed + frozen) * s.weight_bytes / GB,
         "optimizer (AdamW fp32 moments)": (2 * 4 * trainable / GB) if step >= 2 else 0.0,
-        "teacher weights": (teacher.total * s.teacher_bytes / GB) if teacher else 0.0,
+        "teacher weights": (_teacher_local(teacher, n, s.shard_teacher) * s.teacher_bytes / GB) if teacher else 0.0,
         "rollout: LM gathered whole": (student.lm * s.compute_bytes / GB) if n > 1 else 0.0,
         "rollout: KV cache": kv_cache_values(student, s.rows, length) * s.compute_bytes / GB,
         "gradients": trainable * s.weight_bytes / GB,
@@ -170,7 +176,8 @@ def step_shape_from(cfg, gpus: int, prompt_len: int, device: str = "cuda") -> St
                      prompt_len=prompt_len,
                      new_tokens=cfg.max_new_tokens, checkpointing=cfg.gradient_checkpointing,
                      shared_prompt=not cfg.gradient_checkpointing, weight_bytes=_BYTES[cfg.dtype],
-                     compute_bytes=_BYTES[compute], teacher_bytes=_BYTES[teacher], train_lm=cfg.train_lm)
+                     compute_bytes=_BYTES[compute], teacher_bytes=_BYTES[teacher], train_lm=cfg.train_lm,
+                     shard_teacher=cfg.shard_teacher)
 
 
 def render(g: dict[str, float], gpu_mem: float, headroom: float) -> str:

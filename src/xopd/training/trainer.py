@@ -42,6 +42,7 @@ from xopd.training.distributed import (
     clip_grad_norm,
     init_distributed,
     reduce_step_metrics,
+    shard_teacher,
     sync_grads,
     wrap_student,
 )
@@ -164,6 +165,9 @@ class Trainer:
         param_dtype = fsdp_param_dtype(self.cfg.fsdp_param_dtype, self.device, self.cfg.autocast_bf16)
         # fsdp2: shards the LM; returns the params to all-reduce
         self.replicated = wrap_student(self.student, self.dist, param_dtype)
+        if self.teacher is not None and self.cfg.shard_teacher and shard_teacher(self.teacher, self.dist) \
+                and self.dist.is_main:
+            print(f"[xopd] fsdp2: the teacher is sharded over {self.dist.world} ranks", file=sys.stderr)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)

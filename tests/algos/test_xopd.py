@@ -59,3 +59,22 @@ def test_pg_loss_at_ratio_one_is_minus_mean_advantage(tiny_world):
     out = algo.step(examples, torch.Generator().manual_seed(3))
     expect = 0.5 * out.metrics["reverse_kl_S"] + 0.5 * out.metrics["reverse_kl_T"]
     assert float(out.loss.detach()) == pytest.approx(expect, abs=1e-5)
+
+
+def test_lean_head_step_equals_the_full_logits_step(tiny_world):
+    """``lean_head: on`` (auto's choice on CUDA) gives the pg step's loss, metrics and gradients of the
+    full-logits path; a loss that needs full logits keeps them."""
+    runs = []
+    for lean in ("off", "on"):
+        algo, examples = _algo(tiny_world, lean_head=lean, logprob_chunk=7)
+        student = algo.student
+        out = algo.step(examples, torch.Generator().manual_seed(0))
+        out.loss.backward()
+        grads = {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None}
+        runs.append((float(out.loss.detach()), out.metrics, grads))
+    (l0, m0, g0), (l1, m1, g1) = runs
+    assert l1 == pytest.approx(l0, abs=1e-6)
+    assert m1.keys() == m0.keys() and all(m1[k] == pytest.approx(m0[k], abs=1e-5) for k in m0)
+    assert g0.keys() == g1.keys() and g0
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=1e-6, rtol=1e-5)

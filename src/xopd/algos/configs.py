@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from xopd.config import field
 from xopd.errors import ConfigError
 from xopd.losses.functional import AGG_MODES
@@ -60,6 +62,12 @@ class PolicyLossConfig(LossAggConfig):
     clip_eps: float | None = field(None, help="PPO clip range for the importance ratio (None: no clip)")
     clip_eps_high: float | None = field(None, help="upper clip range (default: clip_eps)")
     entropy_coef: float = field(0.0, help="entropy bonus weight (0 = off)")
+    lean_head: str = field("auto", choices=("auto", "on", "off"),
+                           help="loss pg: sampled-token log-probs straight from the LM head, logprob_chunk rows at "
+                           "a time (1024 if 0), never the [rows, length, vocab] logits; auto = on on CUDA")
+
+    def lean_head_on(self, device: torch.device) -> bool:
+        return self.lean_head == "on" or (self.lean_head == "auto" and device.type == "cuda")
 
     def check(self) -> None:
         if self.clip_eps is not None and self.clip_eps <= 0:

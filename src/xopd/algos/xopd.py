@@ -21,6 +21,7 @@ from xopd.algos.base import Algorithm, StepOutput, make_prompts
 from xopd.algos.configs import XOPDConfig
 from xopd.data.manifest import Example
 from xopd.generation import response_logits, response_logprobs
+from xopd.generation.lean_head import lean_head_ok, lean_response_logprobs
 from xopd.losses import (
     advantage,
     aggregate,
@@ -57,19 +58,28 @@ class XOPD(Algorithm):
             teacher_prompts += make_prompts(examples, "T")
         direct = cfg.loss != "pg"
         chunk = cfg.logprob_chunk or None
+        # pg without an entropy bonus needs only the sampled tokens' log-probs: no full logits
+        lean = not direct and not cfg.entropy_coef and cfg.lean_head_on(student.device) and lean_head_ok(student) \
+            and lean_head_ok(teacher)
 
         # 1. rollout (no grad; the sampling log-probs are pi_old); 2. the teacher scores the same ids given T
         with torch.no_grad():
             # one stream per view (S = 0, T = 1): a prompt's S and T samples are independent
             ro = self.rollout(student, student.embed_prompts(student_prompts), n, generator,
                               stream=VIEW_STREAM[views[0][0]])
-            teacher_logits, teacher_lp = self._teacher_scores(teacher.embed_prompts(teacher_prompts), ro, n, direct)
+            teacher_logits, teacher_lp = self._teacher_scores(teacher.embed_prompts(teacher_prompts), ro, n, direct,
+                                                              lean)
         assert_same_response_length(ro.ids, teacher_lp)
 
         # 3. student forward with grad (prompt embeddings recomputed so trainable parts get grads)
-        student_logits = response_logits(student, student.embed_prompts(student_prompts), ro.ids, ro.mask,
-                                         n=n)[..., : self.vocab_limit]
-        student_lp = gather_logprobs(student_logits, ro.ids, temperature=cfg.temperature, chunk_size=chunk)
+        student_batch = student.embed_prompts(student_prompts)
+        if lean:
+            student_logits = None
+            student_lp = lean_response_logprobs(student, student_batch, ro.ids, ro.mask, temperature=cfg.temperature,
+                                                chunk=chunk or 1024, vocab_limit=self.vocab_limit, n=n)
+        else:
+            student_logits = response_logits(student, student_batch, ro.ids, ro.mask, n=n)[..., : self.vocab_limit]
+            student_lp = gather_logprobs(student_logits, ro.ids, temperature=cfg.temperature, chunk_size=chunk)
         mask = ro.mask
         if direct:
             per_tok = direct_loss(cfg.loss)(student_logits, teacher_logits, mask, temperature=cfg.temperature,
@@ -86,9 +96,12 @@ class XOPD(Algorithm):
         metrics["eos_frac"] = ro.eos_fraction
         return StepOutput(loss=loss, metrics=metrics, tokens=ro.num_tokens, generated_tokens=ro.num_tokens)
 
-    def _teacher_scores(self, teacher_batch, ro, n: int, direct: bool):
+    def _teacher_scores(self, teacher_batch, ro, n: int, direct: bool, lean: bool = False):
         """(full teacher logits or None, teacher log-probs of the sampled ids), prompts scored once for n."""
         cfg, teacher = self.cfg, self.teacher
+        if lean:
+            return None, lean_response_logprobs(teacher, teacher_batch, ro.ids, ro.mask, chunk=cfg.logprob_chunk or 1024,
+                                                vocab_limit=self.vocab_limit, n=n)
         if direct:
             teacher_logits = response_logits(teacher, teacher_batch, ro.ids, ro.mask, n=n)[..., : self.vocab_limit]
             return teacher_logits, gather_logprobs(teacher_logits, ro.ids, chunk_size=cfg.logprob_chunk or None,

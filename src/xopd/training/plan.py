@@ -130,10 +130,20 @@ class StepShape:
     teacher_bytes: int = 2
     train_lm: bool = True
     shard_teacher: bool = True  # fsdp2 shards the teacher's LM too (its embedding table stays whole)
+    lean_head: bool = False  # pg's sampled-token log-probs chunk by chunk: no [rows, L, V] logits
+    head_chunk: int = 1024  # rows of logits per chunk with lean_head
 
 
 def _teacher_local(teacher: ModelShape, gpus: int, sharded: bool) -> float:
     return (teacher.lm / gpus + teacher.embed + sum(teacher.towers.values())) if sharded and gpus > 1 else teacher.total
+
+
+def _logit_values(s: StepShape, student: ModelShape, teacher: ModelShape | None) -> float:
+    """Bytes of logits: the student's fp32 [rows, L, V] and its gradient, and the teacher's; with the lean
+    head one chunk of fp32 logits at a time (its softmax and gradient beside it, ~3 copies)."""
+    if s.lean_head:
+        return min(s.rows * s.new_tokens, s.head_chunk) * student.vocab * 4 * 3
+    return s.rows * s.new_tokens * (student.vocab * 8 + (teacher.vocab * s.teacher_bytes if teacher else 0))
 
 
 def plan_step(student: ModelShape, teacher: ModelShape | None, s: StepShape, step: int = 2) -> dict[str, float]:
@@ -155,12 +165,11 @@ def plan_step(student: ModelShape, teacher: ModelShape | None, s: StepShape, ste
         "gradients": trainable * s.weight_bytes / GB,
         "activations": activation_values(student, train_tokens, s.checkpointing) * s.compute_bytes / GB,
         "activations without checkpointing": activation_values(student, train_tokens, False) * s.compute_bytes / GB,
-        "logits (student fp32 + grad, teacher)": s.rows * s.new_tokens * (
-            student.vocab * 8 + (teacher.vocab * s.teacher_bytes if teacher else 0)) / GB,
+        "logits": _logit_values(s, student, teacher) / GB,
     }
     static = g["student weights"] + g["optimizer (AdamW fp32 moments)"] + g["teacher weights"]
     rollout = g["rollout: LM gathered whole"] + g["rollout: KV cache"]
-    train = g["gradients"] + g["activations"] + g["logits (student fp32 + grad, teacher)"]
+    train = g["gradients"] + g["activations"] + g["logits"]
     g.update({"static": static, "rollout phase": rollout, "training phase": train,
               "peak": static + max(rollout, train)})
     return g
@@ -177,7 +186,9 @@ def step_shape_from(cfg, gpus: int, prompt_len: int, device: str = "cuda") -> St
                      new_tokens=cfg.max_new_tokens, checkpointing=cfg.gradient_checkpointing,
                      shared_prompt=not cfg.gradient_checkpointing, weight_bytes=_BYTES[cfg.dtype],
                      compute_bytes=_BYTES[compute], teacher_bytes=_BYTES[teacher], train_lm=cfg.train_lm,
-                     shard_teacher=cfg.shard_teacher)
+                     shard_teacher=cfg.shard_teacher, head_chunk=cfg.logprob_chunk or 1024,
+                     lean_head=cfg.loss == "pg" and not cfg.entropy_coef and (
+                         cfg.lean_head == "on" or (cfg.lean_head == "auto" and on_cuda)))
 
 
 def render(g: dict[str, float], gpu_mem: float, headroom: float) -> str:

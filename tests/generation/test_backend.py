@@ -62,3 +62,22 @@ def test_cpu_kit_backend_is_scoped_and_returns_the_core_rollout():
     assert backend.registered_backends() == before
     assert torch.equal(fast.ids, plain.ids)
     torch.testing.assert_close(fast.logprobs, plain.logprobs, atol=2e-5, rtol=0)
+
+
+def test_checking_for_finished_rows_less_often_gives_the_same_rollout():
+    """GPUs check "all rows done?" every 16 steps instead of every step (no per-token host sync); the
+    steps run past the end are cut, so the rollout is identical."""
+    from xopd.generation.sampling import FINISHED_CHECK_EVERY
+
+    model = _model()
+    tok = model.tokenizer
+    prompts = model.embed_prompts([Prompt("one two three"), Prompt("four")])
+    spec = SampleSpec(n=3, max_new_tokens=40, temperature=1.0, top_p=1.0, top_k=0, vocab_limit=3)  # eos likely
+    assert tok.eos_token_id < 3 and FINISHED_CHECK_EVERY["cpu"] == 1
+    with torch.no_grad():
+        outs = [decode(model, prompts, spec, row_seeds=[5, 6], check_every=k) for k in (1, 4, 16)]
+    ref = outs[0]
+    assert ref.ids.shape[1] < 40 and bool(ref.ended.all())  # every row ended early: the cut matters
+    for o in outs[1:]:
+        assert torch.equal(o.ids, ref.ids) and torch.equal(o.mask, ref.mask) and torch.equal(o.ended, ref.ended)
+        assert torch.equal(o.logprobs, ref.logprobs)

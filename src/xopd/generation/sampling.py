@@ -150,20 +150,30 @@ def _next_token(logits: torch.Tensor, spec: SampleSpec, noise: torch.Tensor | No
     return torch.multinomial(probs, 1, generator=generator).squeeze(1), logp
 
 
+#: decode steps between checks whether every row has finished, by device type: each check copies a flag
+#: to the host and waits for the device; on a GPU that stalls the queue, on a CPU it is free
+FINISHED_CHECK_EVERY = {"cpu": 1}
+_DEFAULT_CHECK_EVERY = 16
+
+
 def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator: torch.Generator | None = None,
            row_seeds: Sequence[int] | None = None, static_cache: bool = True,
-           stepper: StepperFactory | None = None, loop_context: LoopContext | None = None) -> Rollout:
+           stepper: StepperFactory | None = None, loop_context: LoopContext | None = None,
+           check_every: int | None = None) -> Rollout:
     """The decode loop behind :func:`sample`, on any device.
 
     Backends reuse it with their own pieces: ``stepper`` builds a faster decode step over the static
     cache (the model's forward when it returns None), ``loop_context`` wraps the token loop (e.g. a
     thread policy). The prompts are prefilled ONCE and their KV cache repeated n times: the n samples
-    of a prompt share it.
+    of a prompt share it. ``check_every`` (default by device, :data:`FINISHED_CHECK_EVERY`): how often
+    the loop asks whether all rows are done; steps run past that point emit only masked padding, which
+    is cut off at the end, so the rollout is the same for every value.
     """
     n, max_new_tokens = spec.n, spec.max_new_tokens
     b, width = prompts.embeds.shape[:2]
     num = b * n
     device = prompts.embeds.device
+    every = check_every or FINISHED_CHECK_EVERY.get(device.type, _DEFAULT_CHECK_EVERY)
     eos = torch.tensor(model.eos_token_ids, device=device)
     pad = model.pad_token_id
     noise = None
@@ -203,7 +213,7 @@ def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator
             logps.append(torch.where(finished, torch.zeros_like(tok, dtype=logp.dtype),
                                      logp.gather(1, tok[:, None]).squeeze(1)))
             finished = finished | torch.isin(tok, eos)
-            if t == max_new_tokens - 1 or bool(finished.all()):
+            if t == max_new_tokens - 1 or ((t + 1) % every == 0 and bool(finished.all())):
                 break
             emb = model.embed_tokens(tok[:, None])
             if static:
@@ -216,10 +226,14 @@ def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator
                 attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
                 logits, cache = model.forward_embeds(emb, attn, position_ids=next_pos, cache=cache, use_cache=True)
             next_pos = next_pos + 1
+    mask = torch.stack(masks, 1)
+    keep = len(masks)
+    if every > 1:  # cut the steps run after the last row finished (all masked): the same rollout as every == 1
+        keep = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
     return Rollout(
-        ids=torch.stack(ids, 1),
-        mask=torch.stack(masks, 1),
-        logprobs=torch.stack(logps, 1),
+        ids=torch.stack(ids, 1)[:, :keep],
+        mask=mask[:, :keep],
+        logprobs=torch.stack(logps, 1)[:, :keep],
         prompt_index=torch.arange(num // n, device=device).repeat_interleave(n),
         ended=finished,
     )

@@ -227,9 +227,7 @@ def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator
                 logits, cache = model.forward_embeds(emb, attn, position_ids=next_pos, cache=cache, use_cache=True)
             next_pos = next_pos + 1
     mask = torch.stack(masks, 1)
-    keep = len(masks)
-    if every > 1:  # cut the steps run after the last row finished (all masked): the same rollout as every == 1
-        keep = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
+    keep = _steps_to_keep(mask) if every > 1 else len(masks)
     return Rollout(
         ids=torch.stack(ids, 1)[:, :keep],
         mask=mask[:, :keep],
@@ -237,6 +235,12 @@ def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator
         prompt_index=torch.arange(num // n, device=device).repeat_interleave(n),
         ended=finished,
     )
+
+
+def _steps_to_keep(mask: torch.Tensor) -> int:
+    """Steps up to the last one any row generated in: those run after every row finished (all masked)
+    are cut, so a loop that checks less often returns the rollout of one that checks every step."""
+    return int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
 
 
 def concat_rollouts(parts: list[Rollout], pad: int, prompt_offsets: list[int]) -> Rollout:

@@ -52,20 +52,19 @@ def build(scale: str, layers: int, device: torch.device):
     from transformers import WhisperFeatureExtractor
 
     from xopd.lab.shapes import qwen2_7b, qwen25_omni_7b_thinker
-    from xopd.lab.tiny_recipes import QWEN25_OMNI_TOKENS, text_config, tokenizer_with
+    from xopd.lab.tiny_recipes import (
+        QWEN25_OMNI_TOKENS,
+        qwen25_omni_thinker_config,
+        text_config,
+        tokenizer_with,
+    )
     from xopd.models.qwen_omni import OmniThinkerStudent, drop_vision_tower
     from xopd.models.text_lm import TextLM
 
     tok = tokenizer_with(QWEN25_OMNI_TOKENS)
     ids = tok.convert_tokens_to_ids(QWEN25_OMNI_TOKENS)
     if scale == "tiny":
-        s_cfg = transformers.Qwen2_5OmniThinkerConfig(
-            audio_config=dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
-                              num_mel_bins=128, max_source_positions=1500, n_window=50, output_dim=32),
-            vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32),
-            text_config=text_config(tok, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
-                                                          "mrope_section": [1, 1, 2]}))
-        t_cfg = transformers.Qwen2Config(**text_config(tok))
+        s_cfg, t_cfg = qwen25_omni_thinker_config(tok, num_mel_bins=128), transformers.Qwen2Config(**text_config(tok))
     else:
         s_cfg, t_cfg = qwen25_omni_7b_thinker(layers), qwen2_7b(layers)
     s_cfg.audio_token_index, s_cfg.audio_start_token_id, s_cfg.audio_end_token_id = ids[1], ids[0], ids[2]

@@ -94,26 +94,28 @@ def build_qwen2_audio_pair(root: str | os.PathLike) -> tuple[str, str]:
     return str(root / "student"), save_teacher(teacher, tok, root / "teacher")
 
 
-def build_qwen25_omni_pair(root: str | os.PathLike) -> tuple[str, str]:
-    """Tiny Qwen2.5-Omni thinker student (with its unused vision tower) + Qwen2 teacher."""
-    from transformers import (
-        Qwen2_5OmniThinkerConfig,
-        Qwen2_5OmniThinkerForConditionalGeneration,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+def qwen25_omni_thinker_config(tok, num_mel_bins: int = 80):
+    """A tiny Qwen2.5-Omni thinker config over ``tok`` (which must hold the three audio tokens)."""
+    from transformers import Qwen2_5OmniThinkerConfig
 
-    root = Path(root)
-    tok = tokenizer_with(QWEN25_OMNI_TOKENS)
     ids = tok.convert_tokens_to_ids(QWEN25_OMNI_TOKENS)
-    torch.manual_seed(0)
-    cfg = Qwen2_5OmniThinkerConfig(
-        audio_config=_audio_config(),
+    return Qwen2_5OmniThinkerConfig(
+        audio_config=_audio_config() | {"num_mel_bins": num_mel_bins},
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
                            fullatt_block_indexes=[0]),
         text_config=text_config(tok, rope_parameters=_MROPE),
         audio_token_index=ids[1], audio_start_token_id=ids[0], audio_end_token_id=ids[2],
     )  # fmt: skip
+
+
+def build_qwen25_omni_pair(root: str | os.PathLike) -> tuple[str, str]:
+    """Tiny Qwen2.5-Omni thinker student (with its unused vision tower) + Qwen2 teacher."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
+
+    root = Path(root)
+    tok = tokenizer_with(QWEN25_OMNI_TOKENS)
+    torch.manual_seed(0)
+    cfg = qwen25_omni_thinker_config(tok)
     student = _save_thinker(Qwen2_5OmniThinkerForConditionalGeneration(cfg).eval(), tok, root / "student")
     torch.manual_seed(1)
     return student, save_teacher(Qwen2ForCausalLM(Qwen2Config(**text_config(tok))), tok, root / "teacher")

@@ -174,3 +174,23 @@ def test_onednn_linear_kernel_changes_speed_not_results(tiny_world, tmp_path, mo
     assert la.keys() == lb.keys() == {1, 2, 3}
     assert lb[1] == pytest.approx(la[1], rel=1e-4, abs=1e-6)
     assert all(torch.isfinite(torch.tensor(v)) for v in lb.values())
+
+
+def test_a_callback_can_end_the_run_after_a_step(tiny_world, tmp_path):
+    """``TrainRun.stop`` (set by a callback, e.g. a target reached) ends the run after that step with a
+    checkpoint and the final evaluation, like a last step; the run returns normally."""
+    from xopd.training.callbacks import TrainerCallback
+    from xopd.training.config import TrainConfig
+    from xopd.training.trainer import train
+
+    class StopAtTwo(TrainerCallback):
+        def on_step_end(self, run, step):
+            if step == 1:
+                run.stop = "target"
+
+    cfg = TrainConfig(student_path=tiny_world["student"], teacher_path=tiny_world["teacher"],
+                      manifest=tiny_world["manifest"], output_dir=str(tmp_path / "run"), max_steps=5, n_samples=2, max_new_tokens=8,
+                      batch_size=4, micro_batch_size=2, progress=False, report_to="jsonl", save_every=100)
+    out = train(cfg, callbacks=[StopAtTwo()])
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [1, 2]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]

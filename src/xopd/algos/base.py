@@ -23,12 +23,18 @@ from xopd.models.base import PolicyModel, Prompt
 
 @dataclass
 class StepOutput:
-    """``loss``: scalar to backpropagate; ``metrics``: floats to log; ``tokens``: trained tokens."""
+    """``loss``: scalar to backpropagate; ``metrics``: floats to log; ``tokens``: trained tokens.
+
+    ``step_mean``: the loss is already normalised over the whole step's tokens (Hugging Face's
+    ``num_items_in_batch``), so the trainer backpropagates it as is instead of dividing it by the
+    number of accumulated micro-batches.
+    """
 
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
     tokens: int = 0
     generated_tokens: int = 0
+    step_mean: bool = False
 
 
 def make_prompt(example: Example, view: str, max_audio_seconds: float | None = None) -> Prompt:

@@ -29,6 +29,8 @@ class TrainRun:
     dist: DistContext
     student: PolicyModel | None = None
     teacher: PolicyModel | None = None
+    #: set by a callback (to a reason, e.g. "target") to end the run after the current step, saved like a last step
+    stop: str | None = None
 
 
 class TrainerCallback:

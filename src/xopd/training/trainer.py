@@ -208,7 +208,7 @@ class Trainer:
                 for cb in self.callbacks:
                     if cb.state_key:
                         self.state[cb.state_key] = cb.state_dict()
-                done = step == cfg.max_steps
+                done = step == cfg.max_steps or self.ctx.stop is not None
                 if cfg.eval_every and step % cfg.eval_every == 0 and not done:
                     self._evaluate(step)
                 if step % cfg.save_every == 0 or done or stop.signum is not None:
@@ -219,9 +219,11 @@ class Trainer:
                 if stop.signum is not None:
                     print(f"[xopd] signal {stop.signum}: saved checkpoint-{step}, exiting", file=sys.stderr)
                     break
+                if self.ctx.stop is not None:  # a callback ended the run (e.g. a target reached)
+                    break
         if bar is not None:
             bar.close()
-        if step == cfg.max_steps:
+        if step == cfg.max_steps or self.ctx.stop is not None:
             self._evaluate(step)
         self._fire("on_train_end")
         self.logger.close()
@@ -260,8 +262,9 @@ class Trainer:
                 mark_checkpointed_layers(self.student)
             with autocast_context(self.device, cfg.autocast_bf16):
                 outp = self.algo.step(batch, gen)
-            (outp.loss / accum).backward()
-            loss_total += float(outp.loss.detach()) / accum
+            share = 1 if outp.step_mean else accum
+            (outp.loss / share).backward()
+            loss_total += float(outp.loss.detach()) / share
             tokens += outp.tokens
             gen_tokens += outp.generated_tokens
             for k, v in outp.metrics.items():

@@ -104,3 +104,50 @@ def test_train_save_load_and_cache(tmp_path):
     assert again["cached"] is True and again["steps"] == 20
     other = ensure_teacher(out, minutes_budget=2.0, **{**SMALL, "max_steps": 4, "eval_every": 0})
     assert other["cached"] is False and other["steps"] == 4
+
+
+def test_teacher_trains_through_the_core_trainer_bit_for_bit(tmp_path):
+    """The teacher's run through the core Trainer equals the plain loop of its recipe, weight for weight:
+    AdamW (0.9, 0.98, wd 0.01), warm-up + cosine to 5 %, two length-sorted micro-batches whose summed
+    NLL is divided by the whole batch's response tokens, clip 1.0."""
+    from xopd.lab.world.teacher import build_model
+    from xopd.lab.world.teacher_stream import TeacherStream
+    from xopd.losses import sft_cross_entropy
+
+    kw = {**SMALL, "max_steps": 6, "eval_every": 0, "unpunctuated_frac": 0.3, "seed": 3}
+    rep = train_teacher(tmp_path / "teacher", minutes_budget=5.0, **kw)
+    tok = build_world_tokenizer()
+    lm = build_model(tok, kw["d_model"], kw["layers"], kw["heads"], kw["ffn"], seed=3)
+    opt = torch.optim.AdamW(lm.parameters(), lr=kw["lr"], betas=(0.9, 0.98), weight_decay=0.01)
+    stream, losses = TeacherStream(tok, 3, 0.5, unpunctuated_frac=0.3), []
+    for step in range(6):
+        for g in opt.param_groups:
+            g["lr"] = kw["lr"] * _lr_factor(step / 6, step, kw["warmup"])
+        opt.zero_grad(set_to_none=True)
+        loss = torch.zeros(())
+        for part in stream.batch(16, 2):
+            width = max(len(ex.meta["input_ids"]) for ex in part)
+            rows = [ex.meta["input_ids"] + [0] * (width - len(ex.meta["input_ids"])) for ex in part]
+            labels = [[-100] * ex.meta["prompt_len"] + r[ex.meta["prompt_len"]:len(ex.meta["input_ids"])]
+                      + [-100] * (width - len(ex.meta["input_ids"])) for ex, r in zip(part, rows)]
+            mask = [[1] * len(ex.meta["input_ids"]) + [0] * (width - len(ex.meta["input_ids"])) for ex in part]
+            ids, labels, mask = torch.tensor(rows), torch.tensor(labels), torch.tensor(mask)
+            nll = sft_cross_entropy(lm(input_ids=ids, attention_mask=mask).logits[:, :-1], labels[:, 1:],
+                                    labels[:, 1:] >= 0)
+            part_loss = nll.sum() / part[0].meta["step_response_tokens"]
+            part_loss.backward()
+            loss = loss + part_loss.detach()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        losses.append(round(float(loss), 4))
+    assert rep["steps"] == 6 and rep["stopped"] == "max_steps" and rep["tokens"] == stream.tokens
+    assert rep["first_loss"] == losses[0] and rep["response_tokens"] == stream.response_tokens
+    saved = load_teacher(tmp_path / "teacher").causal_lm().state_dict()
+    mine = lm.state_dict()
+    assert saved.keys() == mine.keys() and all(torch.equal(saved[k], mine[k]) for k in mine)
+    assert [p.name for p in tmp_path.iterdir()] == ["teacher"]  # the trainer's work folder is gone
+
+
+def test_teacher_stops_at_target_through_a_trainer_callback(tmp_path):
+    rep = train_teacher(tmp_path / "t", minutes_budget=2.0, **{**SMALL, "target_acc": 0.0, "eval_every": 2})
+    assert rep["stopped"] == "target" and rep["steps"] == 2 and len(rep["eval_curve"]) == 1

@@ -8,6 +8,10 @@ width). Each batch runs as two length-sorted micro-batches (reasoning rows are m
 instruct rows: one padded batch wasted much of its compute). Training stops when the wall-clock
 budget is spent, at ``max_steps``, or when a periodic greedy evaluation reaches the target.
 
+It trains through the core :class:`~xopd.training.trainer.Trainer` (the one training loop): a small
+subclass feeds it the stream of :mod:`xopd.lab.world.teacher_stream` instead of a manifest and sets the
+recipe's schedule; a callback keeps the stopping rules and the periodic evaluation.
+
 2 threads are fast on an idle machine but collapse on a busy one, where 1 thread is several times
 faster: pass ``threads=1`` there. Batch 32 for N steps matched or beat batch 16 for 2N steps (same
 compute). Sorting and spelling were the slowest kinds to learn and are no longer tasks (the figures:
@@ -29,7 +33,8 @@ import hashlib
 import json
 import math
 import os
-import random
+import shutil
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -41,18 +46,19 @@ from xopd.data.manifest import Example
 from xopd.errors import ConfigError
 from xopd.lab.tiny import tiny_llama
 from xopd.lab.world.tasks import generate_items
+from xopd.lab.world.teacher_stream import TEACHER_TASKS, PretokenizedSFT, TeacherStream
 from xopd.lab.world.tokenizer import build_world_tokenizer
-from xopd.losses import sft_cross_entropy
-from xopd.metrics import normalize_text, score_item
-from xopd.models.base import render_chat_ids
+from xopd.metrics import score_item
 from xopd.models.text_lm import TextLM, load_teacher
+from xopd.training.callbacks import TrainerCallback, TrainRun
+from xopd.training.config import TrainConfig
+from xopd.training.trainer import Trainer
 from xopd.utils.io import atomic_dir
 
 __all__ = ["MARKER", "TEACHER_SHAPE", "TEACHER_TASKS", "build_model", "ensure_teacher", "evaluate_teacher",
            "train_teacher"]
 
 MARKER = "xopd_teacher.json"
-TEACHER_TASKS = ("reasoning", "instruct")
 _RECIPE_VERSION = 1
 _MAX_NEW_TOKENS = 40  # longest reference: 3-step chain of thought, ~25 tokens + eos
 
@@ -74,66 +80,62 @@ def build_model(tok, d_model: int, layers: int, heads: int, ffn: int, seed: int)
     return tiny_llama(tok, d_model, layers, heads, ffn, seed, max_positions=256)
 
 
-class _Stream:
-    """Endless fresh training problems: chunks of ``generate_items(train)`` with chunk-dependent seeds,
-    mixed so that a ``reasoning_frac`` share of every batch is reasoning (the harder task)."""
+class _TeacherTrainer(Trainer):
+    """The core trainer, fed by the endless stream of fresh problems (no manifest) with the recipe's
+    learning-rate schedule; everything else (accumulation, clipping, AdamW, checkpoint) is the core's."""
 
-    def __init__(
-        self, tok, seed: int, reasoning_frac: float, kind_weights: dict | None = None, chunk: int = 512,
-        unpunctuated_frac: float = 0.0,
-    ) -> None:
-        self.tok, self.seed, self.frac, self.chunk = tok, seed, reasoning_frac, chunk
-        self.unpunctuated_frac = unpunctuated_frac
-        w = dict(kind_weights or {})
-        self.accept = {k: v / max(w.values()) for k, v in w.items()} if w else {}
-        self.rng = random.Random(f"teacher-mix:{seed}")
-        self.pools: dict[str, list] = {t: [] for t in TEACHER_TASKS}
-        self.chunks = dict.fromkeys(TEACHER_TASKS, 0)
+    def __init__(self, cfg: TrainConfig, stream: TeacherStream, micro_batches: int, lr_lambda, callbacks) -> None:
+        self.stream, self.micro, self.lr_lambda = stream, micro_batches, lr_lambda
+        super().__init__(cfg, callbacks=callbacks)
 
-    def _next(self, task: str):
-        if not self.pools[task]:
-            c = self.chunks[task]
-            self.chunks[task] += 1
-            seed = 1_000_003 * (self.seed + 1) + c  # never the eval seeds; deterministic per chunk
-            self.pools[task] = generate_items(task, "train", self.chunk, seed=seed, unique=False)[::-1]
-        return self.pools[task].pop()
+    def _load_data(self, examples: list[Example] | None) -> None:
+        self.examples, self.eval_examples = [], []
 
-    def _instruct(self):
-        """An instruct item, kinds re-weighted by rejection (slow-to-learn kinds more often)."""
-        while True:
-            item = self._next("instruct")
-            if self.rng.random() < self.accept.get(item.template.split("/")[1], 1.0):
-                return item
+    def _load_models(self) -> None:
+        super()._load_models()
+        self.algo_cls = PretokenizedSFT
 
-    def batch(self, n: int, micro: int = 2) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """``n`` fresh rows as ``micro`` length-sorted micro-batches of ``(input_ids, labels, mask)``, each
-        ``[b, T_i]`` right-padded to its own width with ``labels`` -100 off the response.
+    def _build_optimizer(self) -> None:
+        super()._build_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
 
-        Why length buckets: a reasoning row is much longer than an instruct row, so one padded batch
-        wastes much of its compute on padding; two buckets cut that for one extra (cheap) forward.
-        """
-        rows, labs = [], []
-        for _ in range(n):
-            item = self._next("reasoning") if self.rng.random() < self.frac else self._instruct()
-            text = item.text
-            if self.unpunctuated_frac and self.rng.random() < self.unpunctuated_frac:
-                text = normalize_text(text)  # text as people also type it: no punctuation
-            prompt = render_chat_ids(self.tok, text)
-            resp = self.tok(item.reference, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-            rows.append(prompt + resp)
-            labs.append([-100] * len(prompt) + resp)
-        order = sorted(range(n), key=lambda i: len(rows[i]))
-        size = -(-n // max(1, micro))
-        out = []
-        for lo in range(0, n, size):
-            idx = order[lo : lo + size]
-            width = max(len(rows[i]) for i in idx)
-            pads = [width - len(rows[i]) for i in idx]
-            ids = torch.tensor([rows[i] + [self.tok.pad_token_id] * p for i, p in zip(idx, pads)])
-            labels = torch.tensor([labs[i] + [-100] * p for i, p in zip(idx, pads)])
-            mask = torch.tensor([[1] * len(rows[i]) + [0] * p for i, p in zip(idx, pads)])
-            out.append((ids, labels, mask))
-        return out
+    def _micro_batches(self, step: int):
+        for part in self.stream.batch(self.cfg.batch_size, self.micro):
+            yield part, [0] * len(part)
+
+
+class _Budget(TrainerCallback):
+    """The recipe's stopping rules, periodic greedy evaluation and progress bar, after every step."""
+
+    def __init__(self, t0: float, budget_s: float, eval_every: int, eval_set, target_acc: float, bar) -> None:
+        self.t0, self.budget_s, self.eval_every, self.eval_set, self.target = t0, budget_s, eval_every, eval_set, target_acc
+        self.bar, self.trainer = bar, None
+        self.losses: list[float] = []
+        self.curve: list[dict] = []
+        self.eval_s, self.ema = 0.0, None
+
+    def on_step_end(self, run: TrainRun, step: int) -> None:
+        algo = self.trainer.algo
+        val = float(algo.step_loss)
+        algo.step_loss = torch.zeros(())
+        self.ema = val if self.ema is None else 0.95 * self.ema + 0.05 * val
+        self.losses.append(round(val, 4))
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.ema:.3f}", lr=f"{self.trainer.optimizer.param_groups[0]['lr']:.1e}")
+        done = step + 1
+        if self.eval_every and done % self.eval_every == 0:
+            te = time.perf_counter()
+            acc = evaluate_teacher(run.student, self.eval_set)["accuracy"]
+            self.eval_s += time.perf_counter() - te
+            self.curve.append({"step": done, "seconds": round(time.perf_counter() - self.t0, 1),
+                               **{t: round(a, 3) for t, a in acc.items()}})  # fmt: skip
+            self.bar.write(f"teacher step {done}: loss {self.ema:.3f} "
+                           + " ".join(f"{t} {a:.2f}" for t, a in acc.items()))
+            if all(acc.get(t, 0.0) >= self.target for t in TEACHER_TASKS):
+                run.stop = "target"
+                return
+        if done < run.cfg.max_steps and time.perf_counter() - self.t0 >= self.budget_s:
+            run.stop = "budget"
 
 
 def _eval_items(n: int, seed: int) -> list:
@@ -225,6 +227,8 @@ def train_teacher(
         raise ConfigError(
             "train_teacher: minutes_budget > 0, batch >= 1 and 0 <= reasoning_frac <= 1 are required"
         )
+    if batch % max(1, micro_batches):
+        raise ConfigError(f"train_teacher: batch ({batch}) must be a multiple of micro_batches ({micro_batches})")
     _silence_hf()
     cfg = {k: v for k, v in locals().items() if k not in ("out_dir", "progress", "threads")}
     old_threads = torch.get_num_threads()
@@ -232,81 +236,52 @@ def train_teacher(
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     tok = build_world_tokenizer()
-    lm = build_model(tok, d_model, layers, heads, ffn, seed)
-    model = TextLM(lm, tok)
-    opt = torch.optim.AdamW(lm.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    stream = _Stream(tok, seed, reasoning_frac, kind_weights, unpunctuated_frac=unpunctuated_frac)
-    eval_set = _eval_items(eval_n, seed + 7919)
     budget_s = minutes_budget * 60.0
-    t_loop = time.perf_counter()
-    step = tokens = resp_tokens = 0
-    losses, curve = [], []
-    ema = None
-    stopped, eval_s = "budget", 0.0
+    stream = TeacherStream(tok, seed, reasoning_frac, kind_weights, unpunctuated_frac=unpunctuated_frac)
+
+    def lr_lambda(step: int) -> float:
+        # the cosine ends at whichever limit comes first, so a busy machine that hits the wall-clock
+        # cap before max_steps still finishes with an annealed learning rate
+        elapsed = time.perf_counter() - t0
+        frac = max(step / max_steps, elapsed / budget_s) if max_steps else elapsed / budget_s
+        return _lr_factor(frac, step, warmup)
+
     bar = tqdm(desc="teacher", unit="step", disable=not progress, dynamic_ncols=True)
+    budget = _Budget(t0, budget_s, eval_every, _eval_items(eval_n, seed + 7919), target_acc, bar)
+    work = Path(tempfile.mkdtemp(prefix=f".{Path(out_dir).name}.train-", dir=Path(out_dir).parent))
     try:
-        lm.train()
-        while True:
-            elapsed = time.perf_counter() - t0
-            if max_steps is not None and step >= max_steps:
-                stopped = "max_steps"
-                break
-            if elapsed >= budget_s:
-                break
-            # the cosine ends at whichever limit comes first, so a busy machine that hits the wall-clock
-            # cap before max_steps still finishes with an annealed learning rate
-            frac = max(step / max_steps, elapsed / budget_s) if max_steps else elapsed / budget_s
-            for g in opt.param_groups:
-                g["lr"] = lr * _lr_factor(frac, step, warmup)
-            parts = stream.batch(batch, micro_batches)
-            n_resp = sum(int((lab >= 0).sum()) for _, lab, _ in parts)
-            opt.zero_grad(set_to_none=True)
-            loss = torch.zeros(())
-            for ids, labels, mask in parts:  # token-mean over the whole batch, accumulated per bucket
-                logits = lm(input_ids=ids, attention_mask=mask).logits
-                nll = sft_cross_entropy(logits[:, :-1], labels[:, 1:], labels[:, 1:] >= 0)
-                part = nll.sum() / max(1, n_resp)
-                part.backward()
-                loss = loss + part.detach()
-                tokens += int(mask.sum())
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            opt.step()
-            step += 1
-            resp_tokens += n_resp
-            val = float(loss.detach())
-            ema = val if ema is None else 0.95 * ema + 0.05 * val
-            losses.append(round(val, 4))
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-            if eval_every and step % eval_every == 0:
-                te = time.perf_counter()
-                acc = evaluate_teacher(model, eval_set)["accuracy"]
-                lm.train()
-                eval_s += time.perf_counter() - te
-                curve.append({"step": step, "seconds": round(time.perf_counter() - t0, 1),
-                              **{t: round(a, 3) for t, a in acc.items()}})  # fmt: skip
-                bar.write(
-                    f"teacher step {step}: loss {ema:.3f} " + " ".join(f"{t} {a:.2f}" for t, a in acc.items())
-                )
-                if all(acc.get(t, 0.0) >= target_acc for t in TEACHER_TASKS):
-                    stopped = "target"
-                    break
+        # the core trainer loads its student from a directory: the seeded initial weights go there first
+        build_model(tok, d_model, layers, heads, ffn, seed).save_pretrained(work / "init")
+        tok.save_pretrained(work / "init")
+        run_cfg = TrainConfig(
+            student_path=str(work / "init"), output_dir=str(work / "run"), algo="sft", device="cpu", lr=lr,
+            weight_decay=0.01, adam_beta2=0.98, batch_size=batch, micro_batch_size=batch // max(1, micro_batches),
+            max_steps=max_steps or 10**9, max_grad_norm=1.0, seed=seed, save_every=10**9, keep_last=1,
+            report_to="jsonl", progress=False, cache_encoder=False)  # fmt: skip
+        with torch.random.fork_rng(devices=[]):  # the global RNG after this call is what it was before
+            trainer = _TeacherTrainer(run_cfg, stream, micro_batches, lr_lambda, [budget])
+            budget.trainer = trainer
+            t_loop = time.perf_counter()
+            trainer.run()
         bar.close()
+        lm, step = trainer.student.causal_lm(), len(budget.losses)
+        stopped = trainer.ctx.stop or ("max_steps" if max_steps is not None and step >= max_steps else "budget")
         train_s = time.perf_counter() - t0
-        loop_s = time.perf_counter() - t_loop - eval_s
-        lm.eval()
-        final = evaluate_teacher(model, _eval_items(final_n, seed))
+        loop_s = time.perf_counter() - t_loop - budget.eval_s
+        final = evaluate_teacher(trainer.student, _eval_items(final_n, seed))
     finally:
         torch.set_num_threads(old_threads)
+        shutil.rmtree(work, ignore_errors=True)
+    losses, ema = budget.losses, budget.ema
     n = max(1, len(losses) // 20)
     report = {
         "accuracy": final["accuracy"], "per_kind": final["per_kind"], "examples": final["examples"],
         "steps": step, "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(train_s, 1),
-        "eval_seconds": round(eval_s, 1), "tokens": tokens, "response_tokens": resp_tokens,
-        "steps_per_s": round(step / max(loop_s, 1e-9), 2), "tokens_per_s": round(tokens / max(loop_s, 1e-9)),
+        "eval_seconds": round(budget.eval_s, 1), "tokens": stream.tokens, "response_tokens": stream.response_tokens,
+        "steps_per_s": round(step / max(loop_s, 1e-9), 2), "tokens_per_s": round(stream.tokens / max(loop_s, 1e-9)),
         "first_loss": losses[0] if losses else None, "final_loss": round(ema, 4) if ema is not None else None,
         "loss_curve": [round(sum(losses[i : i + n]) / len(losses[i : i + n]), 4) for i in range(0, len(losses), n)],
-        "eval_curve": curve, "stopped": stopped, "threads": threads or old_threads,
+        "eval_curve": budget.curve, "stopped": stopped, "threads": threads or old_threads,
         "params": sum(p.numel() for p in lm.parameters()), "vocab": len(tok), "config": cfg,
     }  # fmt: skip
     _save_atomic(Path(out_dir), lm, tok, {"config_hash": _config_hash(cfg, tok), "report": report})

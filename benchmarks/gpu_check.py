@@ -127,7 +127,8 @@ def xopd_step(student, teacher, micro_batch: int, n: int, new_tokens: int, devic
     from xopd.training.memory import autocast_context, enable_gradient_checkpointing, mark_checkpointed_layers
 
     cfg = load_config(TrainConfig, str(ROOT / "configs" / "qwen2.5-omni-7b.yaml"),
-                      {"micro_batch_size": micro_batch, "batch_size": micro_batch, "n_samples": n,
+                      {"micro_batch_size": micro_batch, "batch_size": micro_batch, "rollout_batch_size": micro_batch,
+                       "n_samples": n,
                        "max_new_tokens": new_tokens, "student_path": "-", "teacher_path": "-"})
     student.requires_grad_(False)
     student.causal_lm().requires_grad_(True)  # train_lm: the backbone only, as the recipe

@@ -36,7 +36,8 @@ def main() -> None:
             shape = step_shape_from(cfg, args.gpus, args.prompt_len)
             steps = {k: plan_step(student, teacher, shape, step=k) for k in (1, 2)}
             towers = ", ".join(f"{k} {v / 1e9:.2f} B" for k, v in student.towers.items())
-            print(f"\n### {recipe}: {args.gpus} GPUs x {args.gpu_mem:g} GB, micro-batch rollout {shape.rows} rows, "
+            print(f"\n### {recipe}: {args.gpus} GPUs x {args.gpu_mem:g} GB, rollout {max(shape.rows, shape.rollout_rows)} "
+                  f"rows, micro-batch {shape.rows} rows, "
                   f"prompt {shape.prompt_len} + {shape.new_tokens} new tokens, checkpointing "
                   f"{'on' if shape.checkpointing else 'off'}")
             print(f"student {student.total / 1e9:.2f} B parameters (LM {student.lm / 1e9:.2f} B, embeddings "

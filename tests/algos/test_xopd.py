@@ -78,3 +78,28 @@ def test_lean_head_step_equals_the_full_logits_step(tiny_world):
     assert g0.keys() == g1.keys() and g0
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["pg", "topk_forward_kl"])
+def test_one_rollout_of_two_micro_batches_equals_two_rollouts(tiny_world, loss):
+    """``prepare`` over two micro-batches (``rollout_batch_size``) gives each the samples, pi_old and
+    teacher scores of a rollout of its own (per-prompt seeds), and the same loss."""
+    from xopd.generation import StepGenerator, derive_seed
+
+    algo, _ = _algo(tiny_world, loss=loss, topk=5, lam=0.5)
+    examples, _ = read_manifest(tiny_world["manifest"])
+    parts, seeds = [examples[0:2], examples[2:4]], [[derive_seed(0, 0, p) for p in r] for r in ((0, 1), (2, 3))]
+    gen = StepGenerator()
+    gen.prompt_seeds = seeds[0] + seeds[1]
+    together = algo.prepare(parts, gen)
+    for part, s, prep in zip(parts, seeds, together):
+        gen.prompt_seeds = s
+        alone = algo.prepare([part], gen)[0]
+        assert torch.equal(prep.ro.ids, alone.ro.ids) and torch.equal(prep.ro.mask, alone.ro.mask)
+        assert torch.equal(prep.ro.prompt_index, alone.ro.prompt_index)
+        torch.testing.assert_close(prep.ro.logprobs, alone.ro.logprobs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(prep.teacher_lp, alone.teacher_lp, atol=1e-5, rtol=0)
+        assert [p.view for p in prep.student_prompts] == [p.view for p in alone.student_prompts]
+        a = algo.step(part, gen, prepared=prep)
+        b = algo.step(part, gen, prepared=alone)
+        assert float(a.loss.detach()) == pytest.approx(float(b.loss.detach()), abs=1e-5) and a.tokens == b.tokens

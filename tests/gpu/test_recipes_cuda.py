@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recipe_sizes import rollout_sizes  # tests/ is on sys.path (rootdir conftest)
 from xopd.cli import main
 from xopd.lab.tiny_recipes import RECIPE_BUILDERS
 
@@ -27,7 +28,7 @@ SIZES = ["--batch_size", "2", "--micro_batch_size", "2", "--max_new_tokens", "6"
 def _train(recipe: str, student: str, teacher: str, manifest: str, out: Path, steps: int, *extra: str) -> None:
     argv = ["train", "--config", str(CONFIGS / f"{recipe}.yaml"), "--student_path", student,
             "--teacher_path", teacher, "--manifest", manifest, "--eval_manifest", manifest,
-            "--output_dir", str(out), "--max_steps", str(steps), *SIZES, *extra]  # fmt: skip
+            "--output_dir", str(out), "--max_steps", str(steps), *SIZES, *rollout_sizes(recipe), *extra]  # fmt: skip
     assert main(argv) == 0
 
 

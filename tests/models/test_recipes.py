@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reliability._helpers import torchrun  # tests/ is on sys.path (rootdir conftest)
+from recipe_sizes import rollout_sizes  # tests/ is on sys.path (rootdir conftest)
+from reliability._helpers import torchrun
 from xopd.cli import main
 from xopd.config import load_config
 from xopd.lab.tiny_recipes import RECIPE_BUILDERS, save_teacher, text_config
@@ -21,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 #: the paper-scale recipes this project ships; each must have a tiny builder and run here as shipped
 SHIPPED = sorted(p.stem for p in [*CONFIGS.glob("*-7b.yaml"), *CONFIGS.glob("*-a3b.yaml")])
 
-# Only paths and sizes are overridden: steps, batch, tokens, eval prompts, save interval. Every other
+# Only paths and sizes are overridden: steps, batch (and rollout batch), tokens, eval prompts, save interval. Every other
 # setting (dtype, device auto, gradient checkpointing, logprob chunk, lr, warmup, n, report_to) is the
 # recipe's own. --progress only switches the bar off.
 SIZES = ["--max_steps", "2", "--batch_size", "2", "--micro_batch_size", "2", "--max_new_tokens", "4",
@@ -33,10 +34,11 @@ def test_every_shipped_recipe_has_a_tiny_builder() -> None:
     assert SHIPPED and sorted(RECIPE_BUILDERS) == SHIPPED
 
 
-def _argv(recipe: str, student: str, teacher: str, manifest: str, out: Path) -> list[str]:
+def _argv(recipe: str, student: str, teacher: str, manifest: str, out: Path, processes: int = 1) -> list[str]:
     return ["train", "--config", str(CONFIGS / f"{recipe}.yaml"), "--student_path", student,
             "--teacher_path", teacher, "--manifest", manifest, "--eval_manifest", manifest,
-            "--output_dir", str(out), *SIZES]  # fmt: skip
+            "--output_dir", str(out), *SIZES, *(["--batch_size", "4"] if processes > 1 else []),
+            *rollout_sizes(recipe, processes)]  # fmt: skip
 
 
 def _check_run(out: Path, student: str, steps: int = 2) -> None:
@@ -78,7 +80,7 @@ def test_recipe_runs_as_shipped_on_two_fsdp2_processes(recipe_models, tmp_path: 
     """The same 2 steps as 2-process FSDP2 (gloo, CPU), as the recipe's launch line runs it."""
     recipe, student, teacher = recipe_models
     out = tmp_path / "fsdp2"
-    torchrun([*_argv(recipe, student, teacher, tiny_manifest, out), "--distributed", "fsdp2", "--batch_size", "4"])
+    torchrun([*_argv(recipe, student, teacher, tiny_manifest, out, processes=2), "--distributed", "fsdp2"])
     _check_run(out, student)
     assert (out / "checkpoint-2" / "dcp").is_dir()
 

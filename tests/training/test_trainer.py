@@ -194,3 +194,18 @@ def test_a_callback_can_end_the_run_after_a_step(tiny_world, tmp_path):
     out = train(cfg, callbacks=[StopAtTwo()])
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [1, 2]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_rollout_batch_size_rolls_out_the_step_at_once_with_the_same_losses(tiny_world, tmp_path, capsys):
+    """``rollout_batch_size`` 4 (two micro-batches of 2 in one rollout) trains like one rollout per
+    micro-batch: per-prompt seeds give the same samples, so the losses agree to float rounding. (A tiny
+    lr: AdamW's first update is lr x sign(grad), which turns rounding noise in near-zero gradients into
+    lr-sized weight differences, so step 2 compares like with like only if lr is negligible.)"""
+    a, b = tmp_path / "per_micro", tmp_path / "together"
+    assert main(_args(tiny_world, a, 3, "--lr", "1e-9")) == 0
+    assert main(_args(tiny_world, b, 3, "--lr", "1e-9", "--rollout_batch_size", "4")) == 0
+    la, lb = _losses(a), _losses(b)
+    assert list(la) == list(lb) == [1, 2, 3]
+    assert all(lb[s] == pytest.approx(la[s], abs=1e-6) for s in la), (la, lb)
+    assert main(_args(tiny_world, tmp_path / "bad", 1, "--rollout_batch_size", "3")) != 0
+    assert "'rollout_batch_size' (3) must be a multiple of micro_batch_size (2)" in capsys.readouterr().err

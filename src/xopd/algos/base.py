@@ -109,6 +109,15 @@ class Algorithm(ABC):
     def step(self, examples: Sequence[Example], generator: torch.Generator) -> StepOutput:
         """Loss for one micro-batch (rollouts included for on-policy algorithms)."""
 
+    #: whether :meth:`prepare` rolls out several micro-batches at once (``rollout_batch_size``)
+    supports_rollout_batches: bool = False
+
+    def prepare(self, batches: Sequence[Sequence[Example]], generator: torch.Generator) -> list[Any]:
+        """The no-grad work (rollouts, teacher scores) of several micro-batches in one go, one item per
+        micro-batch, each then passed to ``step(..., prepared=item)``. Only for algorithms that set
+        ``supports_rollout_batches``."""
+        raise NotImplementedError(f"{type(self).__name__} rolls out per micro-batch")
+
     def rollout(self, model: PolicyModel, prompts, n: int, generator: torch.Generator, stream: int = 0,
                 vocab_limit: int | None = None):
         """Sample ``n`` responses per prompt the way every on-policy algorithm here does.

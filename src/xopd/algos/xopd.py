@@ -14,6 +14,7 @@ view's rows entirely, so no compute is spent on them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +23,7 @@ from xopd.algos.configs import XOPDConfig
 from xopd.data.manifest import Example
 from xopd.generation import response_logits, response_logprobs
 from xopd.generation.lean_head import lean_head_ok, lean_response_logprobs
+from xopd.generation.sampling import Rollout
 from xopd.losses import (
     advantage,
     aggregate,
@@ -31,6 +33,7 @@ from xopd.losses import (
     policy_gradient_loss,
 )
 from xopd.models.alignment import assert_same_response_length
+from xopd.models.base import Prompt
 
 VIEW_STREAM = {"S": 0, "T": 1}
 
@@ -40,40 +43,78 @@ def view_weights(lam: float) -> list[tuple[str, float]]:
     return [(v, w) for v, w in (("S", 1.0 - lam), ("T", lam)) if w > 0.0]
 
 
+@dataclass
+class XOPDRollout:
+    """What the no-grad phase (rollout + teacher scores) leaves for one micro-batch's loss."""
+
+    student_prompts: list[Prompt]
+    ro: Rollout
+    teacher_logits: torch.Tensor | None  # full logits, for the direct losses only
+    teacher_lp: torch.Tensor
+
+
 class XOPD(Algorithm):
     """Names below: ``student_*`` / ``teacher_*`` say whose forward a tensor comes from; the views are
     always spelled out (``view`` "S" = speech, "T" = text), never abbreviated to a prefix."""
 
     name = "xopd"
     config_cls = XOPDConfig
+    supports_rollout_batches = True
 
-    def step(self, examples: Sequence[Example], generator: torch.Generator) -> StepOutput:
+    def _lean(self) -> bool:
+        """pg without an entropy bonus needs only the sampled tokens' log-probs: no full logits."""
+        cfg = self.cfg
+        return cfg.loss == "pg" and not cfg.entropy_coef and cfg.lean_head_on(self.student.device) \
+            and lean_head_ok(self.student) and lean_head_ok(self.teacher)
+
+    def prepare(self, batches: Sequence[Sequence[Example]], generator: torch.Generator) -> list[XOPDRollout]:
+        """Steps 1-2 for several micro-batches at once (``rollout_batch_size``): ONE rollout and ONE teacher
+        scoring of all their prompts, split back per micro-batch. Per-prompt seeds make each prompt's
+        samples the same as in a rollout of its micro-batch alone."""
         cfg, student, teacher = self.cfg, self.student, self.teacher
         views = view_weights(cfg.lam)
         n = cfg.n_samples
+        examples = [ex for b in batches for ex in b]
         # the student reads each kept view; the teacher always reads the transcript (T)
         student_prompts, teacher_prompts = [], []
         for view, _ in views:
             student_prompts += make_prompts(examples, view, self.ctx.max_audio_seconds)
             teacher_prompts += make_prompts(examples, "T")
-        direct = cfg.loss != "pg"
-        chunk = cfg.logprob_chunk or None
-        # pg without an entropy bonus needs only the sampled tokens' log-probs: no full logits
-        lean = not direct and not cfg.entropy_coef and cfg.lean_head_on(student.device) and lean_head_ok(student) \
-            and lean_head_ok(teacher)
-
         # 1. rollout (no grad; the sampling log-probs are pi_old); 2. the teacher scores the same ids given T
         with torch.no_grad():
             # one stream per view (S = 0, T = 1): a prompt's S and T samples are independent
             ro = self.rollout(student, student.embed_prompts(student_prompts), n, generator,
                               stream=VIEW_STREAM[views[0][0]])
-            teacher_logits, teacher_lp = self._teacher_scores(teacher.embed_prompts(teacher_prompts), ro, n, direct,
-                                                              lean)
+            teacher_logits, teacher_lp = self._teacher_scores(teacher.embed_prompts(teacher_prompts), ro, n,
+                                                              cfg.loss != "pg", self._lean())
         assert_same_response_length(ro.ids, teacher_lp)
+        if len(batches) == 1:
+            return [XOPDRollout(student_prompts, ro, teacher_logits, teacher_lp)]
+        parts, lo, total = [], 0, len(examples)
+        for b in batches:  # rows are [view][prompt][sample]: a micro-batch owns a slice of every view block
+            prompts = [v * total + lo + i for v in range(len(views)) for i in range(len(b))]
+            rows = torch.tensor([p * n + k for p in prompts for k in range(n)], device=ro.ids.device)
+            sub = ro.select(rows)
+            width = sub.ids.shape[1]
+            parts.append(XOPDRollout([student_prompts[p] for p in prompts], sub,
+                                     None if teacher_logits is None else teacher_logits[rows, :width],
+                                     teacher_lp[rows, :width]))
+            lo += len(b)
+        return parts
+
+    def step(self, examples: Sequence[Example], generator: torch.Generator,
+             prepared: XOPDRollout | None = None) -> StepOutput:
+        cfg, student = self.cfg, self.student
+        views = view_weights(cfg.lam)
+        n = cfg.n_samples
+        prep = prepared if prepared is not None else self.prepare([examples], generator)[0]
+        ro, teacher_logits, teacher_lp = prep.ro, prep.teacher_logits, prep.teacher_lp
+        direct = cfg.loss != "pg"
+        chunk = cfg.logprob_chunk or None
 
         # 3. student forward with grad (prompt embeddings recomputed so trainable parts get grads)
-        student_batch = student.embed_prompts(student_prompts)
-        if lean:
+        student_batch = student.embed_prompts(prep.student_prompts)
+        if self._lean():
             student_logits = None
             student_lp = lean_response_logprobs(student, student_batch, ro.ids, ro.mask, temperature=cfg.temperature,
                                                 chunk=chunk or 1024, vocab_limit=self.vocab_limit, n=n)

@@ -266,6 +266,112 @@ def _manifest_row(row: dict[str, Any], audio_rel: str, tts: dict[str, Any]) -> d
     return out
 
 
+class _Drops:
+    """Dropped row ids by reason, and a line of detail per row (the report's ``dropped*`` keys)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, list[str]] = {}
+        self.details: dict[str, str] = {}
+
+    def add(self, reason: str, row_id: str, detail: str) -> None:
+        self.ids.setdefault(reason, []).append(row_id)
+        self.details[row_id] = detail
+
+
+def _check_voices(engine: TTSEngine, plan: VoicePlan) -> None:
+    if isinstance(engine, EspeakEngine):
+        missing = sorted(
+            {v.split("+", 1)[1] for v in plan.voices if "+" in v}
+            - {v.split("+", 1)[1] for v in plan.voices if "+" in v and engine.has_variant(v.split("+", 1)[1])}
+        )
+        if missing:
+            raise TTSError(
+                f"espeak-ng has no voice variant(s) {missing}; list them in {engine.data_path}/voices/!v"
+            )
+
+
+def _synthesize(engine: TTSEngine, rows: list[dict], jobs: list[SynthJob], audio_root: Path, drops: _Drops,
+                progress: bool, workers: int) -> list[Path | None]:
+    """Audio paths per row (cached); one bad row must not sink the batch: on an error, retry row by row
+    and record the failures."""
+    try:
+        return synthesize_many(engine, jobs, audio_root, progress=progress, desc="tts", workers=workers)
+    except TTSError:
+        paths: list[Path | None] = []
+        for r, j in zip(rows, jobs):
+            try:
+                paths.append(synthesize_cached(engine, j.text, j.voice, audio_root, j.noise_snr_db, j.seed))
+            except TTSError as e:
+                paths.append(None)
+                drops.add("tts_error", r["id"], str(e))
+        return paths
+
+
+def _backcheck(out: Path, keep: list, asr_filter: str | os.PathLike, max_wer: float, drops: _Drops,
+               progress: bool) -> tuple[list, dict[str, Any]]:
+    """ASR back-check of the kept rows (cached per model): (the rows within ``max_wer``, its report)."""
+    cache_file = out / ".asr_cache.json"
+    cache_all = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    model_key = str(Path(asr_filter).resolve())
+    cache = {k: v for k, v in cache_all.get(model_key, {}).items()}
+    rel = [os.path.relpath(p, out) for _, p in keep]
+    abs_cache = {str(out / k): v for k, v in cache.items()}
+    results = asr_backcheck(
+        asr_filter,
+        [r["text"] for r, _ in keep],
+        [str(out / x) for x in rel],
+        progress=progress,
+        cache=abs_cache,
+    )
+    cache_all[model_key] = {os.path.relpath(k, out): v for k, v in abs_cache.items()}
+    cache_file.write_text(json.dumps(cache_all))
+    lines, survivors, wers = [], [], []
+    for (r, p), (hyp, w) in zip(keep, results):
+        ok = w <= max_wer
+        wers.append(w)
+        lines.append(
+            json.dumps(
+                {"id": r["id"], "text": r["text"], "hypothesis": hyp, "wer": round(w, 4), "kept": ok},
+                ensure_ascii=False,
+            )
+        )
+        if ok:
+            survivors.append((r, p))
+        else:
+            drops.add("wer_above_max", r["id"], f"WER {w:.3f} > {max_wer:g}: heard {hyp!r}")
+    (out / "backcheck.jsonl").write_text("\n".join(lines) + "\n")
+    report = {
+        "model": str(asr_filter),
+        "max_wer": max_wer,
+        "mean_wer": float(np.mean(wers)),
+        "median_wer": float(np.median(wers)),
+        "checked": len(results),
+        "passed": len(survivors),
+        "per_row": "backcheck.jsonl",
+    }
+    return survivors, report
+
+
+def _write_manifest(out: Path, keep: list, plan: VoicePlan, seed: int, name: str) -> list[dict[str, Any]]:
+    """``out/manifest.jsonl`` (atomically) from the kept rows, each with its TTS settings; returns its rows."""
+    manifest_rows = []
+    for r, p in keep:
+        v, snr = plan.draw(seed, r["id"])
+        tts = {
+            "engine": name,
+            "voice": v.name,
+            "rate": v.rate,
+            "pitch": v.pitch,
+            "noise_snr_db": snr,
+            "seed": seed,
+        }
+        manifest_rows.append(_manifest_row(r, Path(os.path.relpath(p, out)).as_posix(), tts))
+    tmp = out / ".manifest.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in manifest_rows), encoding="utf-8")
+    os.replace(tmp, out / "manifest.jsonl")
+    return manifest_rows
+
+
 def synthesize_prompts(
     rows: Iterable[dict[str, Any]],
     out_dir: str | os.PathLike,
@@ -292,34 +398,15 @@ def synthesize_prompts(
     out = Path(out_dir)
     audio_root = out / "audio"
     audio_root.mkdir(parents=True, exist_ok=True)
-    if isinstance(engine, EspeakEngine):
-        missing = sorted(
-            {v.split("+", 1)[1] for v in plan.voices if "+" in v}
-            - {v.split("+", 1)[1] for v in plan.voices if "+" in v and engine.has_variant(v.split("+", 1)[1])}
-        )
-        if missing:
-            raise TTSError(
-                f"espeak-ng has no voice variant(s) {missing}; list them in {engine.data_path}/voices/!v"
-            )
+    _check_voices(engine, plan)
     draws = [plan.draw(seed, r["id"]) for r in rows]
     jobs = [SynthJob(r["text"], v, snr, seed) for r, (v, snr) in zip(rows, draws)]
     name = getattr(engine, "name", type(engine).__name__)
     t0 = time.perf_counter()
     keys = [cache_key(name, j.text, j.voice, j.noise_snr_db, j.seed) for j in jobs]
     existed = sum((audio_root / k[:2] / f"{k}.wav").is_file() for k in keys)
-    dropped: dict[str, list[str]] = {}
-    details: dict[str, str] = {}
-    try:
-        paths = synthesize_many(engine, jobs, audio_root, progress=progress, desc="tts", workers=workers)
-    except TTSError:
-        paths = []  # one bad row must not sink the batch: retry row by row, recording failures
-        for r, j in zip(rows, jobs):
-            try:
-                paths.append(synthesize_cached(engine, j.text, j.voice, audio_root, j.noise_snr_db, j.seed))
-            except TTSError as e:
-                paths.append(None)
-                dropped.setdefault("tts_error", []).append(r["id"])
-                details[r["id"]] = str(e)
+    drops = _Drops()
+    paths = _synthesize(engine, rows, jobs, audio_root, drops, progress, workers)
     t_tts = time.perf_counter() - t0
 
     keep = []
@@ -328,72 +415,17 @@ def synthesize_prompts(
             continue
         dur = sf_seconds(p)
         if dur > max_seconds:
-            dropped.setdefault("too_long", []).append(r["id"])
-            details[r["id"]] = f"{dur:.1f} s > {max_seconds:g} s"
+            drops.add("too_long", r["id"], f"{dur:.1f} s > {max_seconds:g} s")
             continue
         keep.append((r, p))
 
     t1 = time.perf_counter()
     backcheck: dict[str, Any] | None = None
     if asr_filter is not None and keep:
-        cache_file = out / ".asr_cache.json"
-        cache_all = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-        model_key = str(Path(asr_filter).resolve())
-        cache = {k: v for k, v in cache_all.get(model_key, {}).items()}
-        rel = [os.path.relpath(p, out) for _, p in keep]
-        abs_cache = {str(out / k): v for k, v in cache.items()}
-        results = asr_backcheck(
-            asr_filter,
-            [r["text"] for r, _ in keep],
-            [str(out / x) for x in rel],
-            progress=progress,
-            cache=abs_cache,
-        )
-        cache_all[model_key] = {os.path.relpath(k, out): v for k, v in abs_cache.items()}
-        cache_file.write_text(json.dumps(cache_all))
-        lines, survivors, wers = [], [], []
-        for (r, p), (hyp, w) in zip(keep, results):
-            ok = w <= max_wer
-            wers.append(w)
-            lines.append(
-                json.dumps(
-                    {"id": r["id"], "text": r["text"], "hypothesis": hyp, "wer": round(w, 4), "kept": ok},
-                    ensure_ascii=False,
-                )
-            )
-            if ok:
-                survivors.append((r, p))
-            else:
-                dropped.setdefault("wer_above_max", []).append(r["id"])
-                details[r["id"]] = f"WER {w:.3f} > {max_wer:g}: heard {hyp!r}"
-        (out / "backcheck.jsonl").write_text("\n".join(lines) + "\n")
-        backcheck = {
-            "model": str(asr_filter),
-            "max_wer": max_wer,
-            "mean_wer": float(np.mean(wers)),
-            "median_wer": float(np.median(wers)),
-            "checked": len(results),
-            "passed": len(survivors),
-            "per_row": "backcheck.jsonl",
-        }
-        keep = survivors
+        keep, backcheck = _backcheck(out, keep, asr_filter, max_wer, drops, progress)
     t_asr = time.perf_counter() - t1
-
-    manifest_rows = []
-    for r, p in keep:
-        v, snr = plan.draw(seed, r["id"])
-        tts = {
-            "engine": name,
-            "voice": v.name,
-            "rate": v.rate,
-            "pitch": v.pitch,
-            "noise_snr_db": snr,
-            "seed": seed,
-        }
-        manifest_rows.append(_manifest_row(r, Path(os.path.relpath(p, out)).as_posix(), tts))
-    tmp = out / ".manifest.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in manifest_rows), encoding="utf-8")
-    os.replace(tmp, out / "manifest.jsonl")
+    manifest_rows = _write_manifest(out, keep, plan, seed, name)
+    dropped, details = drops.ids, drops.details
 
     n_new = len([p for p in paths if p is not None]) - existed
     report = {

@@ -47,6 +47,15 @@ class Rollout:
         """Share of responses that ended with EOS before max_new_tokens."""
         return float(self.ended.float().mean()) if self.ended.numel() else 0.0
 
+    def select(self, rows: torch.Tensor) -> Rollout:
+        """The rollout of ``rows`` (``[k]`` indices, whole prompts of n rows each), cut to their longest
+        response: what a rollout of those prompts alone returns."""
+        mask = self.mask[rows]
+        width = _steps_to_keep(mask)
+        _, prompt_index = torch.unique_consecutive(self.prompt_index[rows], return_inverse=True)
+        return Rollout(self.ids[rows, :width], mask[:, :width], self.logprobs[rows, :width], prompt_index,
+                       self.ended[rows])
+
 
 class Stepper(Protocol):
     """A decode step over a static cache: ``step(emb [N, H], t, slot, mask) -> logits [N, V]``."""

@@ -109,56 +109,10 @@ def check_tokenizer_alignment(
     s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
     s_special, t_special = _special_tokens(student_tok), _special_tokens(teacher_tok)
     shared = int(min(student_vocab_rows, teacher_vocab_rows))
-    fix = "use a student whose LM shares the teacher's tokenizer, or a teacher of the same family"
-
-    # (3) eos first: a wrong stop token corrupts every single rollout.
-    s_eos, t_eos = student_tok.eos_token_id, teacher_tok.eos_token_id
-    if s_eos is None or t_eos is None:
-        raise AlignmentError(
-            f"eos token missing (student {_name(student_tok)} eos={s_eos}, teacher {_name(teacher_tok)} "
-            f"eos={t_eos}): set tokenizer.eos_token in both directories"
-        )
-    if int(s_eos) != int(t_eos):
-        raise AlignmentError(
-            f"eos ids differ: student {_name(student_tok)} eos {student_tok.eos_token!r}={s_eos}, teacher "
-            f"{_name(teacher_tok)} eos {teacher_tok.eos_token!r}={t_eos}; set the same eos_token in both "
-            "tokenizer configs (and generation_config.eos_token_id)"
-        )
-
-    # (1) probe strings: catches normalizer / pre-tokenizer / merge differences.
-    probes = list(DEFAULT_PROBES if probe_texts is None else probe_texts)
-    if student_tok.eos_token:
-        probes.append(student_tok.eos_token)
+    s_eos, t_eos = _check_eos(student_tok, teacher_tok)  # first: a wrong stop token corrupts every rollout
     regular = sorted(i for tkn, i in s_vocab.items() if tkn not in s_special and i < shared)
-    if probe_texts is None and regular:
-        step = max(1, len(regular) // 256)
-        probes += [student_tok.decode([i]) for i in regular[::step][:256]]
-    for text in probes:
-        a, b = _encode(student_tok, text), _encode(teacher_tok, text)
-        if a != b:
-            raise AlignmentError(
-                f"student and teacher tokenizers disagree on {text!r}: student {_name(student_tok)} ids {a} "
-                f"vs teacher {_name(teacher_tok)} ids {b}; the teacher cannot score the student's tokens: {fix}"
-            )
-
-    # (2) + (4) the whole regular vocabulary, id by id.
-    compared = 0
-    for tkn, i in sorted(s_vocab.items(), key=lambda kv: kv[1]):
-        if tkn in s_special:
-            continue
-        if i >= teacher_vocab_rows:
-            raise AlignmentError(
-                f"student token {tkn!r} has id {i} but the teacher's output layer has only "
-                f"{teacher_vocab_rows} rows: the teacher cannot score it; {fix}"
-            )
-        j = t_vocab.get(tkn)
-        if j != i:
-            raise AlignmentError(
-                f"student and teacher tokenizers disagree on token {student_tok.convert_tokens_to_string([tkn])!r} "
-                f"({tkn!r}): student id {i} vs teacher id {j}; {fix}"
-            )
-        compared += 1
-
+    n_probes = _check_probes(student_tok, teacher_tok, probe_texts, regular)
+    compared = _check_vocab(student_tok, s_vocab, t_vocab, s_special, teacher_vocab_rows)
     special_mismatches = sorted(
         f"{tkn}: student {i} / teacher {t_vocab.get(tkn)}"
         for tkn, i in s_vocab.items()
@@ -176,13 +130,72 @@ def check_tokenizer_alignment(
         teacher_vocab_rows=int(teacher_vocab_rows),
         student_len=len(student_tok),
         teacher_len=len(teacher_tok),
-        student_eos_id=int(s_eos),
-        teacher_eos_id=int(t_eos),
-        n_probes=len(probes),
+        student_eos_id=s_eos,
+        teacher_eos_id=t_eos,
+        n_probes=n_probes,
         n_tokens_compared=compared,
         special_mismatches=special_mismatches,
         student_only_special_ids=beyond,
     )
+
+
+_FIX = "use a student whose LM shares the teacher's tokenizer, or a teacher of the same family"
+
+
+def _check_eos(student_tok, teacher_tok) -> tuple[int, int]:
+    """Check (3): both have an eos and it is the same id; returns (student eos, teacher eos)."""
+    s_eos, t_eos = student_tok.eos_token_id, teacher_tok.eos_token_id
+    if s_eos is None or t_eos is None:
+        raise AlignmentError(
+            f"eos token missing (student {_name(student_tok)} eos={s_eos}, teacher {_name(teacher_tok)} "
+            f"eos={t_eos}): set tokenizer.eos_token in both directories"
+        )
+    if int(s_eos) != int(t_eos):
+        raise AlignmentError(
+            f"eos ids differ: student {_name(student_tok)} eos {student_tok.eos_token!r}={s_eos}, teacher "
+            f"{_name(teacher_tok)} eos {teacher_tok.eos_token!r}={t_eos}; set the same eos_token in both "
+            "tokenizer configs (and generation_config.eos_token_id)"
+        )
+    return int(s_eos), int(t_eos)
+
+
+def _check_probes(student_tok, teacher_tok, probe_texts: Sequence[str] | None, regular: list[int]) -> int:
+    """Check (1), probe strings (catches normalizer / pre-tokenizer / merge differences); returns their count."""
+    probes = list(DEFAULT_PROBES if probe_texts is None else probe_texts)
+    if student_tok.eos_token:
+        probes.append(student_tok.eos_token)
+    if probe_texts is None and regular:
+        step = max(1, len(regular) // 256)
+        probes += [student_tok.decode([i]) for i in regular[::step][:256]]
+    for text in probes:
+        a, b = _encode(student_tok, text), _encode(teacher_tok, text)
+        if a != b:
+            raise AlignmentError(
+                f"student and teacher tokenizers disagree on {text!r}: student {_name(student_tok)} ids {a} "
+                f"vs teacher {_name(teacher_tok)} ids {b}; the teacher cannot score the student's tokens: {_FIX}"
+            )
+    return len(probes)
+
+
+def _check_vocab(student_tok, s_vocab: dict, t_vocab: dict, s_special: set[str], teacher_vocab_rows: int) -> int:
+    """Checks (2) + (4): the whole regular vocabulary, id by id; returns how many entries were compared."""
+    compared = 0
+    for tkn, i in sorted(s_vocab.items(), key=lambda kv: kv[1]):
+        if tkn in s_special:
+            continue
+        if i >= teacher_vocab_rows:
+            raise AlignmentError(
+                f"student token {tkn!r} has id {i} but the teacher's output layer has only "
+                f"{teacher_vocab_rows} rows: the teacher cannot score it; {_FIX}"
+            )
+        j = t_vocab.get(tkn)
+        if j != i:
+            raise AlignmentError(
+                f"student and teacher tokenizers disagree on token {student_tok.convert_tokens_to_string([tkn])!r} "
+                f"({tkn!r}): student id {i} vs teacher id {j}; {_FIX}"
+            )
+        compared += 1
+    return compared
 
 
 def _response_len(x, what: str) -> tuple[int, ...]:

@@ -44,6 +44,9 @@ class OptimConfig:
     max_nonfinite_steps: int = field(5, help="stop after this many updates in a row with NaN/inf loss or grads")
     batch_size: int = field(8, help="prompts per optimizer step")
     micro_batch_size: int = field(8, help="prompts per forward/backward (gradient accumulation)")
+    rollout_batch_size: int = field(0, help="prompts per rollout on each process (0 = micro_batch_size): xopd "
+                                    "samples and scores that many at once, then trains on micro-batches of them "
+                                    "(fewer, fuller decode batches on a GPU); a multiple of micro_batch_size")
     max_steps: int = field(100, help="optimizer steps")
     seed: int = field(0, help="seed for data order, sampling and init")
 
@@ -144,6 +147,10 @@ class TrainConfig(
         if self.batch_size % self.micro_batch_size:
             raise bad("batch_size", f"({self.batch_size}) must be a multiple of micro_batch_size "
                       f"({self.micro_batch_size})")
+        if self.rollout_batch_size and (self.rollout_batch_size < 0 or self.rollout_batch_size % self.micro_batch_size
+                                        or self.batch_size % self.rollout_batch_size):
+            raise bad("rollout_batch_size", f"({self.rollout_batch_size}) must be a multiple of micro_batch_size "
+                      f"({self.micro_batch_size}) that divides batch_size ({self.batch_size}), or 0")
         if self.algo == "grpo" and self.n_samples < 2:
             raise bad("n_samples", f"must be >= 2 for algo grpo (group-normalised advantages), got {self.n_samples}")
         if self.assets_required():

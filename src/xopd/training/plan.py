@@ -8,7 +8,8 @@ The terms follow what the trainer does (docs/REAL_MODELS.md explains them):
   (from step 2 on; step 1 has none yet), and the frozen teacher (``teacher_dtype``; its LM sharded
   like the student's with ``shard_teacher``, else replicated);
 * **rollout** phase: the LM gathered whole once in FSDP2's compute dtype, plus the KV cache of one
-  rollout (a micro-batch: prompts x views x n rows, prompt + new tokens long);
+  rollout (``rollout_batch_size``, by default a micro-batch: prompts x views x n rows, prompt + new
+  tokens long);
 * **training** phase: the gradients (sharded like the weights), the activations the backward keeps
   (per token and layer ``8h + 4f + 2kv`` values, measured on transformers' Qwen2/Llama layers; with
   gradient checkpointing one ``h`` per layer plus one layer recomputed), and the logits: the
@@ -119,7 +120,8 @@ def kv_cache_values(shape: ModelShape, rows: int, length: int) -> int:
 @dataclass
 class StepShape:
     gpus: int = 1
-    rows: int = 0  # responses per micro-batch rollout (prompts x views x n)
+    rows: int = 0  # responses per micro-batch (prompts x views x n)
+    rollout_rows: int = 0  # responses per rollout (rollout_batch_size x views x n; 0 = rows)
     n: int = 1  # responses per prompt
     prompt_len: int = 0
     new_tokens: int = 0
@@ -143,7 +145,9 @@ def _logit_values(s: StepShape, student: ModelShape, teacher: ModelShape | None)
     head one chunk of fp32 logits at a time (its softmax and gradient beside it, ~3 copies)."""
     if s.lean_head:
         return min(s.rows * s.new_tokens, s.head_chunk) * student.vocab * 4 * 3
-    return s.rows * s.new_tokens * (student.vocab * 8 + (teacher.vocab * s.teacher_bytes if teacher else 0))
+    # a rollout of several micro-batches keeps all their teacher logits until the last one has trained
+    held = max(s.rows, s.rollout_rows)
+    return s.new_tokens * (s.rows * student.vocab * 8 + (held * teacher.vocab * s.teacher_bytes if teacher else 0))
 
 
 def plan_step(student: ModelShape, teacher: ModelShape | None, s: StepShape, step: int = 2) -> dict[str, float]:
@@ -161,7 +165,7 @@ def plan_step(student: ModelShape, teacher: ModelShape | None, s: StepShape, ste
         "optimizer (AdamW fp32 moments)": (2 * 4 * trainable / GB) if step >= 2 else 0.0,
         "teacher weights": (_teacher_local(teacher, n, s.shard_teacher) * s.teacher_bytes / GB) if teacher else 0.0,
         "rollout: LM gathered whole": (student.lm * s.compute_bytes / GB) if n > 1 else 0.0,
-        "rollout: KV cache": kv_cache_values(student, s.rows, length) * s.compute_bytes / GB,
+        "rollout: KV cache": kv_cache_values(student, max(s.rows, s.rollout_rows), length) * s.compute_bytes / GB,
         "gradients": trainable * s.weight_bytes / GB,
         "activations": activation_values(student, train_tokens, s.checkpointing) * s.compute_bytes / GB,
         "activations without checkpointing": activation_values(student, train_tokens, False) * s.compute_bytes / GB,
@@ -182,6 +186,7 @@ def step_shape_from(cfg, gpus: int, prompt_len: int, device: str = "cuda") -> St
     teacher = {"auto": "bfloat16" if on_cuda else cfg.dtype}.get(cfg.teacher_dtype, cfg.teacher_dtype)
     compute = "bfloat16" if on_cuda and cfg.autocast_bf16 else cfg.dtype
     return StepShape(gpus=gpus, rows=cfg.micro_batch_size * views * cfg.n_samples, n=cfg.n_samples,
+                     rollout_rows=getattr(cfg, "rollout_batch_size", 0) * views * cfg.n_samples,
                      prompt_len=prompt_len,
                      new_tokens=cfg.max_new_tokens, checkpointing=cfg.gradient_checkpointing,
                      shared_prompt=not cfg.gradient_checkpointing, weight_bytes=_BYTES[cfg.dtype],

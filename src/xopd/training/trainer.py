@@ -87,6 +87,7 @@ class Trainer:
         self._build_optimizer()
         self._resume()
         self.algo = self.algo_cls(cfg, self.student, self.teacher, self.vocab_limit, AlgoContext.of(cfg))
+        self.rollout_group = self._rollout_group()
         self.logger = (MetricsLogger(self.out, cfg.report_to, resume_step=self.start if self.ckpt else None,
                                      run_config=asdict(cfg)) if self.dist.is_main else NullLogger())
         self.eval_hook = EvalHook(self.student, self.teacher, self.eval_examples, cfg, self.vocab_limit)
@@ -248,6 +249,36 @@ class Trainer:
             positions = range(lo, lo + cfg.micro_batch_size)
             yield [self.examples[global_idx[p]] for p in positions], [derive_seed(cfg.seed, step, p) for p in positions]
 
+    def _rollout_group(self) -> int:
+        """Micro-batches per rollout (``rollout_batch_size`` / ``micro_batch_size``; 1 = roll out each alone)."""
+        cfg = self.cfg
+        if cfg.rollout_batch_size <= cfg.micro_batch_size:
+            return 1
+        if not self.algo.supports_rollout_batches:
+            raise ConfigError(f"config: 'rollout_batch_size' is for algorithms that roll out (xopd); algo "
+                              f"{cfg.algo!r} rolls out per micro-batch: leave it at 0")
+        per_rank = cfg.batch_size // self.dist.world
+        if per_rank % cfg.rollout_batch_size:
+            raise ConfigError(f"config: 'rollout_batch_size' ({cfg.rollout_batch_size}) must divide each process's "
+                              f"share of batch_size ({per_rank} = {cfg.batch_size} / {self.dist.world} processes)")
+        return cfg.rollout_batch_size // cfg.micro_batch_size
+
+    def _prepared(self, step: int, gen: StepGenerator):
+        """(micro-batch, seeds, prepared rollout or None) of this rank's step ``step``: with
+        ``rollout_batch_size``, each group of micro-batches is rolled out (and scored) in one go first."""
+        if self.rollout_group == 1:
+            yield from ((batch, seeds, None) for batch, seeds in self._micro_batches(step))
+            return
+        micro = list(self._micro_batches(step))
+        for lo in range(0, len(micro), self.rollout_group):
+            group = micro[lo : lo + self.rollout_group]
+            gen.prompt_seeds = [s for _, seeds in group for s in seeds]
+            if self.cfg.gradient_checkpointing:
+                mark_checkpointed_layers(self.student)
+            with autocast_context(self.device, self.cfg.autocast_bf16):
+                prepared = self.algo.prepare([batch for batch, _ in group], gen)
+            yield from ((batch, seeds, prep) for (batch, seeds), prep in zip(group, prepared))
+
     def _accumulate(self, step: int, gen: StepGenerator) -> tuple[float, int, int, dict[str, float]]:
         """Forward/backward of every micro-batch, then the callbacks' extra losses. Returns the step's
         (loss, trained tokens, generated tokens, mean metrics) on this rank."""
@@ -256,12 +287,12 @@ class Trainer:
         agg: dict[str, float] = {}
         tokens = gen_tokens = 0
         loss_total = 0.0
-        for batch, seeds in self._micro_batches(step):
+        for batch, seeds, prepared in self._prepared(step, gen):
             gen.prompt_seeds = seeds
             if cfg.gradient_checkpointing:
                 mark_checkpointed_layers(self.student)
             with autocast_context(self.device, cfg.autocast_bf16):
-                outp = self.algo.step(batch, gen)
+                outp = self.algo.step(batch, gen) if prepared is None else self.algo.step(batch, gen, prepared=prepared)
             share = 1 if outp.step_mean else accum
             (outp.loss / share).backward()
             loss_total += float(outp.loss.detach()) / share

@@ -81,3 +81,27 @@ def test_checking_for_finished_rows_less_often_gives_the_same_rollout():
     for o in outs[1:]:
         assert torch.equal(o.ids, ref.ids) and torch.equal(o.mask, ref.mask) and torch.equal(o.ended, ref.ended)
         assert torch.equal(o.logprobs, ref.logprobs)
+
+
+def test_finished_rows_leaving_the_decode_batch_give_the_same_rollout():
+    """Off CPU, finished rows leave the batch at a check once at most half of it still generates
+    (``COMPACT_BELOW``): each row keeps its own seeds, positions, mask and KV cache, so the rollout is the
+    one of the full batch, with a static and with a dynamic cache, sampled and greedy."""
+    from xopd.generation.sampling import COMPACT_BELOW
+
+    model = _model()
+    prompts = model.embed_prompts([Prompt("one two three"), Prompt("four"), Prompt("red cat")])
+    assert COMPACT_BELOW["cpu"] == 0.0  # the demo's CPU path never compacts
+    for temperature, vocab_limit in ((1.0, 4), (0.0, None)):  # both: rows end at different steps
+        spec = SampleSpec(n=3, max_new_tokens=30, temperature=temperature, top_p=1.0, top_k=0,
+                          vocab_limit=vocab_limit)
+        for static in (True, False):
+            with torch.no_grad():
+                ref = decode(model, prompts, spec, row_seeds=[5, 6, 7], static_cache=static, check_every=2,
+                             compact_below=0.0)
+                got = decode(model, prompts, spec, row_seeds=[5, 6, 7], static_cache=static, check_every=2,
+                             compact_below=1.0)
+            assert len(set(ref.mask.sum(1).tolist())) > 1  # rows finished at different steps
+            assert torch.equal(got.ids, ref.ids) and torch.equal(got.mask, ref.mask), (temperature, static)
+            assert torch.equal(got.ended, ref.ended)
+            torch.testing.assert_close(got.logprobs, ref.logprobs, atol=1e-5, rtol=0)

@@ -45,3 +45,17 @@ def repeat_cache(cache, n: int) -> None:
                 layer.max_batch_size = layer.keys.shape[0]
         return
     cache.batch_repeat_interleave(n)
+
+
+def select_cache_rows(cache, rows) -> None:
+    """Keep only ``rows`` (``[k]`` indices) of every layer's keys/values: finished rollout rows leave the batch."""
+    if hasattr(cache, "layers") and all(hasattr(layer, "keys") for layer in cache.layers):
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, rows)
+                layer.values = layer.values.index_select(0, rows)
+            for attr in ("max_batch_size", "batch_size"):
+                if hasattr(layer, attr) and getattr(layer, "keys", None) is not None:
+                    setattr(layer, attr, layer.keys.shape[0])
+        return
+    cache.batch_select_indices(rows)

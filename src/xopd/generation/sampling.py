@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from xopd.generation.backend import SampleSpec, pick_backend
-from xopd.generation.kv_cache import make_static_cache, repeat_cache
+from xopd.generation.kv_cache import make_static_cache, repeat_cache, select_cache_rows
 from xopd.generation.seeds import row_noise
 from xopd.models.base import PolicyModel, PromptBatch, position_ids_from_mask
 from xopd.utils.fsdp import full_params
@@ -163,12 +163,58 @@ def _next_token(logits: torch.Tensor, spec: SampleSpec, noise: torch.Tensor | No
 #: to the host and waits for the device; on a GPU that stalls the queue, on a CPU it is free
 FINISHED_CHECK_EVERY = {"cpu": 1}
 _DEFAULT_CHECK_EVERY = 16
+#: at a check, finished rows leave the decode batch once at most this share of it still generates, by
+#: device type (0 = never). Off on CPU, where the 2-core demo's numbers were measured with full batches
+#: (a smaller batch may round the last bit differently); on a GPU the rows left decode at full speed.
+COMPACT_BELOW = {"cpu": 0.0}
+_DEFAULT_COMPACT_BELOW = 0.5
+
+
+class _LiveRows:
+    """Which rollout rows are still in the decode batch (``rows``: their indices; None = all, in order)
+    and how their per-row tensors map back to the full rollout."""
+
+    def __init__(self, num: int) -> None:
+        self.num, self.rows = num, None
+
+    def full(self, x: torch.Tensor, fill) -> torch.Tensor:
+        """``[live]`` -> ``[num]``, rows that left the batch set to ``fill``."""
+        if self.rows is None:
+            return x
+        out = x.new_full((self.num, *x.shape[1:]), fill)
+        out[self.rows] = x
+        return out
+
+    def drop_finished(self, finished: torch.Tensor, cache, tensors: list) -> list:
+        """Keep the unfinished rows: of the cache (in place) and of each tensor in ``tensors`` (None kept)."""
+        keep = (~finished).nonzero().squeeze(1)
+        select_cache_rows(cache, keep)
+        self.rows = keep if self.rows is None else self.rows[keep]
+        return [None if x is None else x.index_select(0, keep) for x in tensors]
+
+
+def _prefill(model: PolicyModel, prompts: PromptBatch, rep: int, num: int, max_new_tokens: int, static_cache: bool):
+    """Run the prompts once and repeat their KV cache ``rep`` times: (last logits [num, 1, V], cache, the
+    decode steps' 4-D mask over a static cache, or None with the dynamic cache)."""
+    total = prompts.embeds.shape[1] + max_new_tokens
+    cache = make_static_cache(model, num, total) if static_cache else None
+    step_mask = None
+    if cache is not None:
+        pre, step_mask = _static_masks(prompts, rep, total, max_new_tokens)
+        logits, cache = model.forward_embeds(prompts.embeds, pre,
+                                             position_ids=position_ids_from_mask(prompts.attention_mask),
+                                             cache=cache, use_cache=True, logits_to_keep=1)
+    else:
+        logits, cache = model.forward_embeds(prompts.embeds, prompts.attention_mask, use_cache=True,
+                                             logits_to_keep=1)
+    repeat_cache(cache, rep)
+    return logits.repeat_interleave(rep, 0), cache, step_mask
 
 
 def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator: torch.Generator | None = None,
            row_seeds: Sequence[int] | None = None, static_cache: bool = True,
            stepper: StepperFactory | None = None, loop_context: LoopContext | None = None,
-           check_every: int | None = None) -> Rollout:
+           check_every: int | None = None, compact_below: float | None = None) -> Rollout:
     """The decode loop behind :func:`sample`, on any device.
 
     Backends reuse it with their own pieces: ``stepper`` builds a faster decode step over the static
@@ -176,7 +222,9 @@ def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator
     thread policy). The prompts are prefilled ONCE and their KV cache repeated n times: the n samples
     of a prompt share it. ``check_every`` (default by device, :data:`FINISHED_CHECK_EVERY`): how often
     the loop asks whether all rows are done; steps run past that point emit only masked padding, which
-    is cut off at the end, so the rollout is the same for every value.
+    is cut off at the end, so the rollout is the same for every value. ``compact_below`` (default by
+    device, :data:`COMPACT_BELOW`): at a check, finished rows leave the batch once at most that share
+    of it still generates (only where each row's randomness is its own: row seeds, or greedy).
     """
     n, max_new_tokens = spec.n, spec.max_new_tokens
     b, width = prompts.embeds.shape[:2]
@@ -195,35 +243,32 @@ def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator
         prompts, b, rep = prompts.repeat_interleave(n), b * n, 1
     attn = prompts.attention_mask.repeat_interleave(rep, 0)
     next_pos = attn.sum(-1, keepdim=True)  # position id of the first response token
-    total = width + max_new_tokens
-    cache = make_static_cache(model, num, total) if static_cache else None
-    static = cache is not None
-    if static:
-        pre, step_mask = _static_masks(prompts, rep, total, max_new_tokens)
-        logits, cache = model.forward_embeds(prompts.embeds, pre,
-                                             position_ids=position_ids_from_mask(prompts.attention_mask),
-                                             cache=cache, use_cache=True, logits_to_keep=1)
-    else:
-        logits, cache = model.forward_embeds(prompts.embeds, prompts.attention_mask, use_cache=True,
-                                             logits_to_keep=1)
-    repeat_cache(cache, rep)
-    logits = logits.repeat_interleave(rep, 0)
+    logits, cache, step_mask = _prefill(model, prompts, rep, num, max_new_tokens, static_cache)
+    static = step_mask is not None
     dec = None
     if static and stepper is not None:
         dec = stepper(model.causal_lm(), cache, next_pos + torch.arange(max_new_tokens, device=device)[None, :])
     finished = torch.zeros(num, dtype=torch.bool, device=device)
     ids, masks, logps = [], [], []
+    live = _LiveRows(num)
+    compact = COMPACT_BELOW.get(device.type, _DEFAULT_COMPACT_BELOW) if compact_below is None else compact_below
+    compact = compact if dec is None and (noise is not None or spec.temperature <= 0) else 0.0
     with loop_context(model, num, device) if loop_context is not None else contextlib.nullcontext():
         for t in range(max_new_tokens):
             tok, logp = _next_token(logits, spec, noise, t, generator)
             tok = torch.where(finished, torch.full_like(tok, pad), tok)
-            ids.append(tok)
-            masks.append(~finished)
-            logps.append(torch.where(finished, torch.zeros_like(tok, dtype=logp.dtype),
-                                     logp.gather(1, tok[:, None]).squeeze(1)))
+            ids.append(live.full(tok, pad))
+            masks.append(live.full(~finished, False))
+            logps.append(live.full(torch.where(finished, torch.zeros_like(tok, dtype=logp.dtype),
+                                               logp.gather(1, tok[:, None]).squeeze(1)), 0.0))
             finished = finished | torch.isin(tok, eos)
             if t == max_new_tokens - 1 or ((t + 1) % every == 0 and bool(finished.all())):
                 break
+            if compact and (t + 1) % every == 0 and int((~finished).sum()) <= compact * finished.numel():
+                mask_rows = step_mask if static else attn
+                tok, finished, next_pos, mask_rows, noise = live.drop_finished(
+                    finished, cache, [tok, finished, next_pos, mask_rows, noise])
+                step_mask, attn = (mask_rows, attn) if static else (step_mask, mask_rows)
             emb = model.embed_tokens(tok[:, None])
             if static:
                 step_mask[..., width + t] = 0.0
@@ -242,7 +287,7 @@ def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator
         mask=mask[:, :keep],
         logprobs=torch.stack(logps, 1)[:, :keep],
         prompt_index=torch.arange(num // n, device=device).repeat_interleave(n),
-        ended=finished,
+        ended=live.full(finished, True),
     )
 
 

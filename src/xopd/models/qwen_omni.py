@@ -113,10 +113,6 @@ class OmniThinkerStudent(PolicyModel):
 
     adapter = None  # no CTC front end
 
-    #: The rollout's static-cache fast path builds 4-D masks for plain causal LMs; M-RoPE models use
-    #: the dynamic cache, which every transformers text model supports.
-    static_cache_ok = False
-
     def __init__(self, model: nn.Module, tokenizer, feature_extractor) -> None:
         super().__init__()
         self.model = model

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recipe_sizes import rollout_sizes  # tests/ is on sys.path (rootdir conftest)
 from xopd.cli import main
 from xopd.lab.tiny_recipes import build_qwen25_omni_pair
 from xopd.models import load_student
@@ -39,7 +40,7 @@ def _train(student: str, teacher: str, manifest: str, out: Path) -> None:
                  "--teacher_path", teacher, "--manifest", manifest, "--eval_manifest", manifest, "--output_dir", str(out),
                  "--max_steps", "1", "--batch_size", "2", "--micro_batch_size", "2", "--max_new_tokens", "4",
                  "--eval_prompts", "1", "--progress", "false", "--report_to", "jsonl", "--lr", "1e-3",
-                 "--warmup_steps", "0"]) == 0  # fmt: skip
+                 "--warmup_steps", "0", *rollout_sizes("qwen2.5-omni-7b")]) == 0  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -59,19 +59,8 @@ def test_recipe_trains_resumes_and_evaluates_on_cuda(recipe, tmp_path, tiny_mani
 @pytest.mark.parametrize("recipe", ["qwen2.5-omni-7b", "qwen3-omni-30b-a3b"])
 def test_omni_static_cache_rollout_equals_dynamic_on_cuda(recipe, tmp_path):
     """The Omni thinkers' static-cache decode (on since it matched the dynamic one on CPU) on CUDA."""
-    import numpy as np
+    from rollout_checks import static_and_dynamic_rollouts  # tests/ is on sys.path (rootdir conftest)
 
-    from xopd.generation import decode
-    from xopd.generation.backend import SampleSpec
-    from xopd.models import load_student
-    from xopd.models.base import Prompt
-
-    student = load_student(RECIPE_BUILDERS[recipe](tmp_path)[0]).eval().to("cuda")
-    wav = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
-    batch = student.embed_prompts([Prompt(text=None, audio=wav, view="S"), Prompt(text="hello there", view="T")])
-    spec = SampleSpec(n=2, max_new_tokens=10, temperature=1.0, top_p=1.0, top_k=0, vocab_limit=None)
-    with torch.no_grad():
-        static = decode(student, batch, spec, row_seeds=[1, 2], static_cache=True)
-        dynamic = decode(student, batch, spec, row_seeds=[1, 2], static_cache=False)
+    _, static, dynamic = static_and_dynamic_rollouts(recipe, tmp_path, device="cuda")
     assert torch.equal(static.ids, dynamic.ids)
     torch.testing.assert_close(static.logprobs, dynamic.logprobs, atol=1e-4, rtol=0)

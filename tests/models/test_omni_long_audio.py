@@ -50,18 +50,10 @@ def test_omni_rollout_with_a_static_cache_equals_the_dynamic_cache(build, tmp_pa
     """The Omni thinkers decode over a preallocated cache with 4-D masks (positions passed as one row
     per sequence, which their M-RoPE text models expand to its 3 sections) exactly as over the
     dynamic cache: same ids, log-probs to float rounding."""
-    from xopd.generation import decode
-    from xopd.generation.backend import SampleSpec
+    from rollout_checks import static_and_dynamic_rollouts  # tests/ is on sys.path (rootdir conftest)
     from xopd.generation.kv_cache import make_static_cache
-    from xopd.models.base import Prompt
 
-    student = load_student(RECIPE_BUILDERS[build](tmp_path)[0]).eval()
+    student, static, dynamic = static_and_dynamic_rollouts(build, tmp_path)
     assert make_static_cache(student, 2, 16) is not None
-    wav = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
-    batch = student.embed_prompts([Prompt(text=None, audio=wav, view="S"), Prompt(text="hello there", view="T")])
-    spec = SampleSpec(n=2, max_new_tokens=10, temperature=1.0, top_p=1.0, top_k=0, vocab_limit=None)
-    with torch.no_grad():
-        static = decode(student, batch, spec, row_seeds=[1, 2], static_cache=True)
-        dynamic = decode(student, batch, spec, row_seeds=[1, 2], static_cache=False)
     assert torch.equal(static.ids, dynamic.ids) and torch.equal(static.mask, dynamic.mask)
     torch.testing.assert_close(static.logprobs, dynamic.logprobs, atol=1e-5, rtol=0)

@@ -265,10 +265,8 @@ def decode(model: PolicyModel, prompts: PromptBatch, spec: SampleSpec, generator
             if t == max_new_tokens - 1 or ((t + 1) % every == 0 and bool(finished.all())):
                 break
             if compact and (t + 1) % every == 0 and int((~finished).sum()) <= compact * finished.numel():
-                mask_rows = step_mask if static else attn
-                tok, finished, next_pos, mask_rows, noise = live.drop_finished(
-                    finished, cache, [tok, finished, next_pos, mask_rows, noise])
-                step_mask, attn = (mask_rows, attn) if static else (step_mask, mask_rows)
+                tok, finished, next_pos, step_mask, attn, noise = live.drop_finished(
+                    finished, cache, [tok, finished, next_pos, step_mask, attn, noise])
             emb = model.embed_tokens(tok[:, None])
             if static:
                 step_mask[..., width + t] = 0.0

@@ -140,7 +140,7 @@ class Trainer:
         # LoRA resumes from the base + the checkpoint's adapter (model/ holds merged weights, for eval)
         path = self.ckpt / "model" if self.ckpt and not self.lora else cfg.student_path
         student = load_student(path, dtype=self.ctx.dtype, trust_remote_code=cfg.trust_remote_code).to(device)
-        self.algo_cls = get_algorithm(cfg.algo)
+        self.algo_cls = self._algorithm_class()
         teacher, self.vocab_limit = None, None
         if self.algo_cls.uses_teacher:
             teacher = load_teacher(cfg.teacher_path, dtype=teacher_dtype(cfg.teacher_dtype, device, self.ctx.dtype),
@@ -171,7 +171,15 @@ class Trainer:
             print(f"[xopd] fsdp2: the teacher is sharded over {self.dist.world} ranks", file=sys.stderr)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, self.cfg)
-        self.scheduler = make_scheduler(self.optimizer, self.cfg)
+        self.scheduler = self._make_scheduler()
+
+    def _algorithm_class(self) -> type:
+        """The algorithm of this run (a subclass may train with its own)."""
+        return get_algorithm(self.cfg.algo)
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """The learning-rate schedule of the config (a subclass may bring its own)."""
+        return make_scheduler(self.optimizer, self.cfg)
 
     def _resume(self) -> None:
         """Weights, optimizer, scheduler, RNG, data position and callback states from the checkpoint."""

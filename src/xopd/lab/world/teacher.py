@@ -91,13 +91,11 @@ class _TeacherTrainer(Trainer):
     def _load_data(self, examples: list[Example] | None) -> None:
         self.examples, self.eval_examples = [], []
 
-    def _load_models(self) -> None:
-        super()._load_models()
-        self.algo_cls = PretokenizedSFT
+    def _algorithm_class(self) -> type:
+        return PretokenizedSFT
 
-    def _build_optimizer(self) -> None:
-        super()._build_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
 
     def _micro_batches(self, step: int):
         for part in self.stream.batch(self.cfg.batch_size, self.micro):

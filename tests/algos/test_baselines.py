@@ -148,8 +148,10 @@ def test_grpo_rows_without_answer_fail_clearly(models, tiny_world, tmp_path):
 
 # ----------------------------------------------------------------------------- GKD
 def _spy_sample(monkeypatch, module):
-    """Record which model every rollout samples (through ``Algorithm.rollout`` or ``module.sample``)."""
+    """Record which model every rollout samples (through ``Algorithm.rollout``, the hf engine or
+    ``module.sample``)."""
     import xopd.algos.base as algo_base
+    import xopd.generation.engine as engine_mod
     import xopd.generation.sampling as rollout_mod
 
     calls = []
@@ -160,7 +162,8 @@ def _spy_sample(monkeypatch, module):
         return orig(model, *a, **k)
 
     monkeypatch.setattr(rollout_mod, "sample", spy)
-    monkeypatch.setattr(algo_base, "sample", spy)  # Algorithm.rollout's own binding
+    monkeypatch.setattr(algo_base, "sample", spy)  # Algorithm.rollout's own binding (other models)
+    monkeypatch.setattr(engine_mod, "sample", spy)  # the student's rollouts, through the hf engine
     if hasattr(module, "sample"):
         monkeypatch.setattr(module, "sample", spy)
     return calls

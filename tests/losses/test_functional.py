@@ -333,3 +333,16 @@ def test_half_precision_is_upcast():
     out = reverse_kl(s.bfloat16(), t.bfloat16(), m)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, reverse_kl(s.bfloat16().float(), t.bfloat16().float(), m))
+
+
+def test_truncated_is_weight_hand_values():
+    from xopd.losses import truncated_is_weight
+
+    trainer = torch.tensor([[0.0, math.log(3.0), 5.0]])
+    engine = torch.tensor([[math.log(2.0), 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    w = truncated_is_weight(trainer, engine, mask, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[0.5, 2.0, 0.0]]))  # 1/2; 3 capped at 2; masked 0
+    assert truncated_is_weight(trainer, engine, torch.zeros_like(mask), cap=2.0).sum() == 0
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_is_weight(trainer, engine, mask, cap=0.0)

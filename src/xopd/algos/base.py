@@ -17,8 +17,10 @@ import torch
 
 from xopd.data.manifest import Example
 from xopd.errors import ConfigError
-from xopd.generation import derive_seed, sample
-from xopd.models.base import PolicyModel, Prompt
+from xopd.generation import SampleSpec, derive_seed, response_logprobs, sample
+from xopd.generation.engine import HFEngine, RolloutEngine
+from xopd.generation.sampling import Rollout
+from xopd.models.base import PolicyModel, Prompt, PromptBatch
 
 
 @dataclass
@@ -89,7 +91,8 @@ class Algorithm(ABC):
     """Base class. Subclasses set ``name`` and ``config_cls`` and implement ``step``.
 
     ``self.cfg`` is an instance of ``config_cls`` only (:mod:`xopd.algos.configs`): an algorithm sees
-    its own keys and nothing else; run facts come as ``self.ctx`` (:class:`AlgoContext`).
+    its own keys and nothing else; run facts come as ``self.ctx`` (:class:`AlgoContext`). The student's
+    rollouts go through ``self.engine`` (:mod:`xopd.generation.engine`; the trainer's, else ``hf``).
     """
 
     name: str = ""
@@ -98,8 +101,9 @@ class Algorithm(ABC):
     config_cls: type = object
 
     def __init__(self, cfg, student: PolicyModel, teacher: PolicyModel | None = None, vocab_limit: int | None = None,
-                 context: AlgoContext | None = None):
+                 context: AlgoContext | None = None, engine: RolloutEngine | None = None):
         self.cfg = own_config(self.config_cls, cfg)
+        self.engine = engine if engine is not None else HFEngine()
         self.ctx = context if context is not None else AlgoContext.of(cfg)
         self.student = student
         self.teacher = teacher
@@ -136,5 +140,23 @@ class Algorithm(ABC):
         if seeds is not None:
             blocks = rows // len(seeds)
             row_seeds = [derive_seed(s, stream + b) for b in range(blocks) for s in seeds]
-        return sample(model, prompts, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
-                      vocab_limit=self.vocab_limit if vocab_limit is None else vocab_limit, row_seeds=row_seeds)
+        vocab = self.vocab_limit if vocab_limit is None else vocab_limit
+        if model is not self.student:  # e.g. GKD's teacher-generated share: always xopd's own loop
+            return sample(model, prompts, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, generator,
+                          vocab_limit=vocab, row_seeds=row_seeds)
+        spec = SampleSpec(n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, vocab)
+        engine = self.engine
+        with engine.awake():
+            ro = engine.generate(model, prompts, spec, generator, row_seeds if engine.row_seeds else None)
+        if not engine.trainer_logprobs:
+            ro = self._rescore(model, prompts, ro, n, vocab)
+        return ro
+
+    def _rescore(self, model: PolicyModel, prompts: PromptBatch, ro: Rollout, n: int, vocab: int | None) -> Rollout:
+        """pi_old from the trainer's own forward (the engine's log-probs kept in ``engine_logprobs``): the
+        importance ratio then compares like with like, whatever kernels the engine runs."""
+        temperature = self.cfg.temperature if self.cfg.temperature > 0 else 1.0  # greedy logs the plain softmax
+        with torch.no_grad():
+            trainer_lp = response_logprobs(model, prompts, ro.ids, ro.mask, temperature=temperature,
+                                           vocab_limit=vocab, n=n)
+        return dataclasses.replace(ro, logprobs=trainer_lp, engine_logprobs=ro.logprobs)

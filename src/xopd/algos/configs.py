@@ -65,6 +65,9 @@ class PolicyLossConfig(LossAggConfig):
     lean_head: str = field("auto", choices=("auto", "on", "off"),
                            help="loss pg: sampled-token log-probs straight from the LM head, logprob_chunk rows at "
                            "a time (1024 if 0), never the [rows, length, vocab] logits; auto = on on CUDA")
+    tis_cap: float = field(0.0, help="truncated importance sampling for rollouts whose engine samples with kernels "
+                           "of its own: each token's advantage x min(pi_trainer / pi_engine, tis_cap) (verl's TIS; "
+                           "2.0 is common); 0 = off. The hf engine samples from the trainer's own log-probs: no effect")
 
     def lean_head_on(self, device: torch.device) -> bool:
         return self.lean_head == "on" or (self.lean_head == "auto" and device.type == "cuda")
@@ -72,6 +75,8 @@ class PolicyLossConfig(LossAggConfig):
     def check(self) -> None:
         if self.clip_eps is not None and self.clip_eps <= 0:
             raise _bad("clip_eps", f"must be > 0 or None, got {self.clip_eps}")
+        if self.tis_cap < 0:
+            raise _bad("tis_cap", f"must be >= 0 (0: off), got {self.tis_cap}")
 
 
 @dataclass

@@ -56,8 +56,8 @@ class CTC(Algorithm):
     uses_teacher = False
     config_cls = CTCConfig
 
-    def __init__(self, cfg, student, teacher=None, vocab_limit=None, context=None) -> None:
-        super().__init__(cfg, student, teacher, vocab_limit, context)
+    def __init__(self, cfg, student, teacher=None, vocab_limit=None, context=None, engine=None) -> None:
+        super().__init__(cfg, student, teacher, vocab_limit, context, engine)
         if student.adapter is None:
             raise ConfigError("config: algo 'ctc' needs a student with a CTC adapter (compose one with "
                               "`xopd models compose --adapter ctc`)")

@@ -37,8 +37,8 @@ class GKD(Algorithm):
     name = "gkd"
     config_cls = GKDConfig
 
-    def __init__(self, cfg, student, teacher, vocab_limit=None, context=None):
-        super().__init__(cfg, student, teacher, vocab_limit, context)
+    def __init__(self, cfg, student, teacher, vocab_limit=None, context=None, engine=None):
+        super().__init__(cfg, student, teacher, vocab_limit, context, engine)
         if teacher is None:
             raise ConfigError("config: algo gkd needs a teacher (set teacher_path)")
 

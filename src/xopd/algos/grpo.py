@@ -26,7 +26,13 @@ from xopd.algos.configs import GRPOConfig
 from xopd.data.manifest import Example
 from xopd.errors import DataError
 from xopd.generation import response_logits
-from xopd.losses import aggregate, entropy_from_logits, gather_logprobs, policy_gradient_loss
+from xopd.losses import (
+    aggregate,
+    entropy_from_logits,
+    gather_logprobs,
+    policy_gradient_loss,
+    truncated_is_weight,
+)
 from xopd.metrics import score_item
 
 #: Tasks :func:`xopd.metrics.score_item` knows; any other task is scored by exact match.
@@ -114,6 +120,8 @@ class GRPO(Algorithm):
         rewards = self.rewards(examples, texts, ro.prompt_index)
         seq_adv = group_advantages(rewards, n, cfg.grpo_scale_std).to(ro.logprobs.device)
         adv = torch.where(ro.mask, seq_adv[:, None].expand_as(ro.logprobs), 0.0)
+        if cfg.tis_cap and ro.engine_logprobs is not None:  # samples drawn by another engine's kernels
+            adv = adv * truncated_is_weight(ro.logprobs, ro.engine_logprobs, ro.mask, cfg.tis_cap)
 
         s_train = student.embed_prompts(prompts)  # each prompt once: its n samples share it
         s_logits = response_logits(student, s_train, ro.ids, ro.mask, n=n)[..., :vocab]
@@ -142,5 +150,6 @@ class GRPO(Algorithm):
             "clip_frac": float(stats["clip_frac"]),
             "response_len": float(ro.mask.sum(-1).float().mean()),
             "eos_frac": ro.eos_fraction,
+            **ro.engine_metrics(),
         }
         return StepOutput(loss=loss, metrics=metrics, tokens=ro.num_tokens, generated_tokens=ro.num_tokens)

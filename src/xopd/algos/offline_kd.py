@@ -105,8 +105,8 @@ class OfflineKD(SFT):
     config_cls = OfflineKDConfig
     response_field = RESPONSE_FIELD
 
-    def __init__(self, cfg, student, teacher, vocab_limit=None, context=None):
-        super().__init__(cfg, student, teacher, vocab_limit, context)
+    def __init__(self, cfg, student, teacher, vocab_limit=None, context=None, engine=None):
+        super().__init__(cfg, student, teacher, vocab_limit, context, engine)
         cfg = self.cfg
         if teacher is None:
             raise ConfigError(

@@ -31,6 +31,7 @@ from xopd.losses import (
     entropy_from_logits,
     gather_logprobs,
     policy_gradient_loss,
+    truncated_is_weight,
 )
 from xopd.models.alignment import assert_same_response_length
 from xopd.models.base import Prompt
@@ -129,12 +130,15 @@ class XOPD(Algorithm):
         else:
             per_tok = None
             adv = advantage(teacher_lp, ro.logprobs, mask, estimator=cfg.estimator)
+            if cfg.tis_cap and ro.engine_logprobs is not None:  # samples drawn by another engine's kernels
+                adv = adv * truncated_is_weight(ro.logprobs, ro.engine_logprobs, mask, cfg.tis_cap)
         # per-token k1 estimate of KL(student on its view || teacher on T), for logging
         kl_tok = (ro.logprobs - teacher_lp).masked_fill(~mask, 0.0)
         loss, metrics = self._mix_views(views, len(examples) * n, ro, student_logits, student_lp, adv, per_tok, kl_tok)
         metrics["adv_mean"] = float(adv.sum() / mask.sum().clamp(min=1))
         metrics["reverse_kl"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
         metrics["eos_frac"] = ro.eos_fraction
+        metrics.update(ro.engine_metrics())
         return StepOutput(loss=loss, metrics=metrics, tokens=ro.num_tokens, generated_tokens=ro.num_tokens)
 
     def _teacher_scores(self, teacher_batch, ro, n: int, direct: bool, lean: bool = False):

@@ -37,6 +37,9 @@ class Rollout:
     logprobs: torch.Tensor
     prompt_index: torch.Tensor
     ended: torch.Tensor  # [N] bool: the response emitted EOS before max_new_tokens
+    #: [N, L] the engine's own sampling log-probs, kept where ``logprobs`` were rescored by the trainer
+    #: (an engine with kernels of its own, :mod:`xopd.generation.engine`); None otherwise
+    engine_logprobs: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -53,8 +56,18 @@ class Rollout:
         mask = self.mask[rows]
         width = _steps_to_keep(mask)
         _, prompt_index = torch.unique_consecutive(self.prompt_index[rows], return_inverse=True)
+        engine_lp = None if self.engine_logprobs is None else self.engine_logprobs[rows, :width]
         return Rollout(self.ids[rows, :width], mask[:, :width], self.logprobs[rows, :width], prompt_index,
-                       self.ended[rows])
+                       self.ended[rows], engine_lp)
+
+    def engine_metrics(self) -> dict[str, float]:
+        """How far the engine's sampling log-probs are from the trainer's (TRL's and verl's rollout-vs-train
+        log-prob gap): mean and max |difference| over generated tokens; empty for the trainer's own."""
+        if self.engine_logprobs is None:
+            return {}
+        diff = (self.logprobs - self.engine_logprobs).abs().masked_fill(~self.mask, 0.0)
+        count = self.mask.sum().clamp(min=1)
+        return {"engine_logprob_diff_mean": float(diff.sum() / count), "engine_logprob_diff_max": float(diff.max())}
 
 
 class Stepper(Protocol):
@@ -308,4 +321,6 @@ def concat_rollouts(parts: list[Rollout], pad: int, prompt_offsets: list[int]) -
         logprobs=torch.cat([padded(r.logprobs, 0.0) for r in parts]),
         prompt_index=torch.cat([r.prompt_index + off for r, off in zip(parts, prompt_offsets)]),
         ended=torch.cat([r.ended for r in parts]),
+        engine_logprobs=None if any(r.engine_logprobs is None for r in parts)
+        else torch.cat([padded(r.engine_logprobs, 0.0) for r in parts]),
     )

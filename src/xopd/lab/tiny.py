@@ -230,9 +230,11 @@ QWEN2_AUDIO_TOKENS = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 
 
 def build_tiny_qwen2_audio(
-    out_dir: str | os.PathLike | None = None, tokenizer=None, seed: int = 0, n_mels: int = 80
+    out_dir: str | os.PathLike | None = None, tokenizer=None, seed: int = 0, n_mels: int = 80,
+    width: int = 32, heads: int = 4, kv_heads: int = 2,
 ):
     """A random tiny ``Qwen2AudioForConditionalGeneration`` + processor, as a :class:`Qwen2AudioStudent`.
+    ``width`` / ``heads`` / ``kv_heads`` shape its LM (vLLM's CPU attention needs a head size of >= 32).
 
     The tokenizer is the tiny BPE plus Qwen2-Audio's three audio special tokens. The audio tower
     keeps the real 1500-position (30 s) contract; it is only 16 wide, so that stays cheap.
@@ -267,11 +269,11 @@ def build_tiny_qwen2_audio(
         text_config={
             "model_type": "qwen2",
             "vocab_size": len(tok),
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
             "max_position_embeddings": 2048,
             "tie_word_embeddings": False,
             "pad_token_id": tok.pad_token_id,

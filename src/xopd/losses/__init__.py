@@ -17,6 +17,7 @@ from xopd.losses.functional import (
     policy_gradient_loss,
     reverse_kl,
     sft_cross_entropy,
+    truncated_is_weight,
 )
 from xopd.losses.registry import DIRECT_LOSSES, direct_loss
 
@@ -39,4 +40,5 @@ __all__ = [
     "policy_gradient_loss",
     "reverse_kl",
     "sft_cross_entropy",
+    "truncated_is_weight",
 ]

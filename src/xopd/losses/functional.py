@@ -236,6 +236,19 @@ def advantage(
     raise ValueError(f"unknown advantage estimator {estimator!r}; valid: {', '.join(ADV_ESTIMATORS)}")
 
 
+def truncated_is_weight(trainer_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """``w = min(pi_trainer(y_t) / pi_engine(y_t), cap)`` ``[B, L]``, 0 where masked, detached: truncated
+    importance sampling (verl's / TRL's TIS) for samples drawn by an engine whose kernels differ from the
+    trainer's, so the sampling distribution is the engine's, not exactly pi_old. Multiply the advantage
+    by it. The log-ratio is clamped to [-20, 20] so ``exp`` cannot overflow."""
+    if cap <= 0:
+        raise ValueError(f"truncated importance weight cap must be > 0, got {cap}")
+    m = _as_bool(mask)
+    d = (trainer_logprobs - engine_logprobs).detach()
+    w = torch.exp(torch.where(m, d, _zero(d)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).clamp(max=cap)
+    return torch.where(m, w, _zero(w))
+
+
 def policy_gradient_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,

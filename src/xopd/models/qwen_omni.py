@@ -48,7 +48,8 @@ class ThinkerCausalLM(nn.Module):
 
     def __init__(self, thinker: nn.Module) -> None:
         super().__init__()
-        self.body = thinker.model.language_model
+        # transformers >= 5.2x nests the text model (model.language_model); earlier 5.x has it as model
+        self.body = getattr(thinker.model, "language_model", thinker.model)
         self.head = thinker.lm_head
         self.config = thinker.config.text_config
         self.generation_config = thinker.generation_config

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from xopd.algos.configs import CTCConfig, GKDConfig, GRPOConfig, OfflineKDConfig, SFTConfig, XOPDConfig
 from xopd.config import field
 from xopd.errors import ConfigError
+from xopd.generation.engines import engine_names
 
 ALGOS = ("xopd", "sft", "offline_kd", "gkd", "grpo", "ctc")
 TEACHER_ALGOS = ("xopd", "offline_kd", "gkd")
@@ -49,6 +50,26 @@ class OptimConfig:
                                     "(fewer, fuller decode batches on a GPU); a multiple of micro_batch_size")
     max_steps: int = field(100, help="optimizer steps")
     seed: int = field(0, help="seed for data order, sampling and init")
+
+
+@dataclass
+class EngineConfig:
+    """Which engine generates the student's rollouts (:mod:`xopd.generation.engine`)."""
+
+    rollout_engine: str = field("hf", help="hf: xopd's own decode loop on the training weights (every device and "
+                                "student; the default, exact resume); vllm: a colocated vLLM engine per process "
+                                "(plain causal-LM students: SpeechLLM, Qwen2-Audio), weights synced after every "
+                                "step; other names: engines registered with xopd.generation.engine.register_engine")
+    vllm_gpu_memory_utilization: float = field(0.3, help="rollout_engine vllm on CUDA: share of the GPU's memory "
+                                               "vLLM may take (weights + KV cache), beside the trainer")
+    vllm_max_model_len: int = field(4096, help="rollout_engine vllm: longest prompt + response it accepts")
+    vllm_sleep: bool = field(True, help="rollout_engine vllm on CUDA: sleep (weights to host memory, KV cache "
+                             "freed) outside rollouts, so the update has the GPU")
+
+    def check(self) -> None:
+        if self.rollout_engine not in engine_names():
+            raise ConfigError(f"config: 'rollout_engine' {self.rollout_engine!r} is not available; choose one of "
+                              f"{', '.join(engine_names())} (hf: xopd's own decode loop, works everywhere)")
 
 
 @dataclass
@@ -118,7 +139,7 @@ MOVED_KEYS = {
 
 @dataclass
 class TrainConfig(
-    SystemConfig, DataConfig, TrainableConfig, OptimConfig, XOPDConfig, GRPOConfig, GKDConfig, OfflineKDConfig,
+    SystemConfig, DataConfig, TrainableConfig, EngineConfig, OptimConfig, XOPDConfig, GRPOConfig, GKDConfig, OfflineKDConfig,
     SFTConfig, CTCConfig, RunConfig,
 ):
     """Every key of the core trainer: the groups above and the per-algorithm configs of

@@ -32,6 +32,7 @@ from xopd.algos.base import AlgoContext
 from xopd.data.manifest import Example, read_manifest
 from xopd.errors import ConfigError
 from xopd.generation import StepGenerator, derive_seed
+from xopd.generation.engines import make_engine
 from xopd.generation.seeds import step_seed
 from xopd.models import check_tokenizer_alignment, load_student, load_teacher
 from xopd.training.callbacks import TrainerCallback, TrainRun
@@ -86,7 +87,8 @@ class Trainer:
         self._load_models()
         self._build_optimizer()
         self._resume()
-        self.algo = self.algo_cls(cfg, self.student, self.teacher, self.vocab_limit, AlgoContext.of(cfg))
+        self.engine = make_engine(cfg.rollout_engine, self.student, cfg)
+        self.algo = self.algo_cls(cfg, self.student, self.teacher, self.vocab_limit, AlgoContext.of(cfg), self.engine)
         self.rollout_group = self._rollout_group()
         self.logger = (MetricsLogger(self.out, cfg.report_to, resume_step=self.start if self.ckpt else None,
                                      run_config=asdict(cfg)) if self.dist.is_main else NullLogger())
@@ -343,6 +345,7 @@ class Trainer:
         """The optimizer step, or (NaN/inf loss or gradients) a skipped update, counted."""
         if finite:
             self.optimizer.step()
+            self.engine.update_weights(self.student)  # an engine with its own copy takes the new weights
             self.nonfinite_run = 0
             return
         self.optimizer.zero_grad(set_to_none=True)

@@ -105,7 +105,11 @@ class VLLMEngine(RolloutEngine):
         self.device = student.device
         out = Path(getattr(cfg, "output_dir", ".")) / "rollout_engine"
         self.sleep_mode = self.device.type == "cuda" and getattr(cfg, "vllm_sleep", True)
-        dtype = str(next(lm.parameters()).dtype).removeprefix("torch.")
+        # the engine serves in the dtype the trainer's forwards run in: bf16 under CUDA autocast (fp32
+        # master weights would otherwise make vLLM hold and run an fp32 copy)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" and getattr(cfg, "autocast_bf16", False) \
+            else next(lm.parameters()).dtype
+        dtype = str(self.dtype).removeprefix("torch.")
         kwargs: dict[str, Any] = dict(
             model=str(_export_config(lm, out)), load_format="dummy", skip_tokenizer_init=True,
             enable_prompt_embeds=True, dtype=dtype, seed=int(getattr(cfg, "seed", 0)),
@@ -126,7 +130,7 @@ class VLLMEngine(RolloutEngine):
         """One token from one position now, so a model vLLM's kernels cannot run (e.g. a head size the
         CPU attention lacks) fails before training with one line, not in the first rollout."""
         hidden = int(student.causal_lm().config.hidden_size)
-        embeds = torch.zeros(1, hidden, dtype=next(student.causal_lm().parameters()).dtype)
+        embeds = torch.zeros(1, hidden, dtype=self.dtype)
         try:
             self.llm.generate([{"prompt_embeds": embeds}], self._vllm.SamplingParams(max_tokens=1, detokenize=False),
                               use_tqdm=False)
@@ -171,7 +175,7 @@ class VLLMEngine(RolloutEngine):
         keep = prompts.attention_mask.bool()
         requests, params = [], []
         for i in range(b):
-            embeds = prompts.embeds[i][keep[i]].detach()
+            embeds = prompts.embeds[i][keep[i]].detach().to(self.dtype)
             for j in range(n):
                 if row_seeds is not None:
                     seed = derive_seed(row_seeds[i], j)

@@ -20,6 +20,7 @@ from xopd.errors import ConfigError
 from xopd.generation import SampleSpec, derive_seed, response_logprobs, sample
 from xopd.generation.engine import HFEngine, RolloutEngine
 from xopd.generation.sampling import Rollout
+from xopd.losses import truncated_is_weight
 from xopd.models.base import PolicyModel, Prompt, PromptBatch
 
 
@@ -147,10 +148,18 @@ class Algorithm(ABC):
         spec = SampleSpec(n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, vocab)
         engine = self.engine
         with engine.awake():
-            ro = engine.generate(model, prompts, spec, generator, row_seeds if engine.row_seeds else None)
+            ro = engine.generate(model, prompts, spec, generator, row_seeds)
         if not engine.trainer_logprobs:
             ro = self._rescore(model, prompts, ro, n, vocab)
         return ro
+
+    def engine_corrected(self, adv: torch.Tensor, ro: Rollout) -> torch.Tensor:
+        """``adv`` x the truncated importance weight (``tis_cap``) where the samples came from an engine's own
+        kernels (``ro.engine_logprobs``); ``adv`` unchanged otherwise."""
+        cap = getattr(self.cfg, "tis_cap", 0.0)
+        if not cap or ro.engine_logprobs is None:
+            return adv
+        return adv * truncated_is_weight(ro.logprobs, ro.engine_logprobs, ro.mask, cap)
 
     def _rescore(self, model: PolicyModel, prompts: PromptBatch, ro: Rollout, n: int, vocab: int | None) -> Rollout:
         """pi_old from the trainer's own forward (the engine's log-probs kept in ``engine_logprobs``): the

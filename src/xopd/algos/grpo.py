@@ -26,13 +26,7 @@ from xopd.algos.configs import GRPOConfig
 from xopd.data.manifest import Example
 from xopd.errors import DataError
 from xopd.generation import response_logits
-from xopd.losses import (
-    aggregate,
-    entropy_from_logits,
-    gather_logprobs,
-    policy_gradient_loss,
-    truncated_is_weight,
-)
+from xopd.losses import aggregate, entropy_from_logits, gather_logprobs, policy_gradient_loss
 from xopd.metrics import score_item
 
 #: Tasks :func:`xopd.metrics.score_item` knows; any other task is scored by exact match.
@@ -119,9 +113,7 @@ class GRPO(Algorithm):
         texts = decode_responses(student.tokenizer, ro.ids, ro.mask)
         rewards = self.rewards(examples, texts, ro.prompt_index)
         seq_adv = group_advantages(rewards, n, cfg.grpo_scale_std).to(ro.logprobs.device)
-        adv = torch.where(ro.mask, seq_adv[:, None].expand_as(ro.logprobs), 0.0)
-        if cfg.tis_cap and ro.engine_logprobs is not None:  # samples drawn by another engine's kernels
-            adv = adv * truncated_is_weight(ro.logprobs, ro.engine_logprobs, ro.mask, cfg.tis_cap)
+        adv = self.engine_corrected(torch.where(ro.mask, seq_adv[:, None].expand_as(ro.logprobs), 0.0), ro)
 
         s_train = student.embed_prompts(prompts)  # each prompt once: its n samples share it
         s_logits = response_logits(student, s_train, ro.ids, ro.mask, n=n)[..., :vocab]

@@ -31,7 +31,6 @@ from xopd.losses import (
     entropy_from_logits,
     gather_logprobs,
     policy_gradient_loss,
-    truncated_is_weight,
 )
 from xopd.models.alignment import assert_same_response_length
 from xopd.models.base import Prompt
@@ -129,9 +128,7 @@ class XOPD(Algorithm):
             adv = advantage(teacher_lp, ro.logprobs, mask, estimator="k1")  # logged only
         else:
             per_tok = None
-            adv = advantage(teacher_lp, ro.logprobs, mask, estimator=cfg.estimator)
-            if cfg.tis_cap and ro.engine_logprobs is not None:  # samples drawn by another engine's kernels
-                adv = adv * truncated_is_weight(ro.logprobs, ro.engine_logprobs, mask, cfg.tis_cap)
+            adv = self.engine_corrected(advantage(teacher_lp, ro.logprobs, mask, estimator=cfg.estimator), ro)
         # per-token k1 estimate of KL(student on its view || teacher on T), for logging
         kl_tok = (ro.logprobs - teacher_lp).masked_fill(~mask, 0.0)
         loss, metrics = self._mix_views(views, len(examples) * n, ro, student_logits, student_lp, adv, per_tok, kl_tok)

@@ -34,8 +34,6 @@ class RolloutEngine:
     """Base class: the HF engine's behaviour is the default of every hook."""
 
     name = "base"
-    #: whether ``generate`` honours ``row_seeds`` (a prompt's samples independent of batching and ranks)
-    row_seeds = True
     #: whether ``Rollout.logprobs`` are the trainer's own log-probs of the sampling policy (pi_old). An
     #: engine with kernels of its own sets False; the algorithm then rescores the samples with the
     #: trainer's model for the importance ratio and logs the engine's log-probs against them.

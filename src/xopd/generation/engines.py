@@ -35,9 +35,14 @@ def engine_names() -> list[str]:
     return sorted(_ENGINES)
 
 
-def make_engine(name: str, student: PolicyModel, cfg: Any = None) -> RolloutEngine:
-    """The engine ``rollout_engine: name`` asks for, built for ``student``; a clear error if unknown."""
+def check_engine_name(name: str) -> None:
+    """One line naming the choices if no engine is registered as ``name``."""
     if name not in _ENGINES:
         raise ConfigError(f"config: 'rollout_engine' {name!r} is not available; choose one of "
                           f"{', '.join(engine_names())} (hf: xopd's own decode loop, works everywhere)")
+
+
+def make_engine(name: str, student: PolicyModel, cfg: Any = None) -> RolloutEngine:
+    """The engine ``rollout_engine: name`` asks for, built for ``student``; a clear error if unknown."""
+    check_engine_name(name)
     return _ENGINES[name](student, cfg)

@@ -203,7 +203,3 @@ class VLLMEngine(RolloutEngine):
         return Rollout(ids=ids.to(device), mask=mask.to(device), logprobs=logprobs.to(device),
                        prompt_index=torch.arange(len(done) // n, device=device).repeat_interleave(n),
                        ended=ended.to(device))
-
-
-def make_vllm_engine(student: PolicyModel, cfg: Any) -> VLLMEngine:
-    return VLLMEngine(student, cfg)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from xopd.algos.configs import CTCConfig, GKDConfig, GRPOConfig, OfflineKDConfig, SFTConfig, XOPDConfig
 from xopd.config import field
 from xopd.errors import ConfigError
-from xopd.generation.engines import engine_names
+from xopd.generation.engines import check_engine_name
 
 ALGOS = ("xopd", "sft", "offline_kd", "gkd", "grpo", "ctc")
 TEACHER_ALGOS = ("xopd", "offline_kd", "gkd")
@@ -67,9 +67,7 @@ class EngineConfig:
                              "freed) outside rollouts, so the update has the GPU")
 
     def check(self) -> None:
-        if self.rollout_engine not in engine_names():
-            raise ConfigError(f"config: 'rollout_engine' {self.rollout_engine!r} is not available; choose one of "
-                              f"{', '.join(engine_names())} (hf: xopd's own decode loop, works everywhere)")
+        check_engine_name(self.rollout_engine)
 
 
 @dataclass
